@@ -1,0 +1,40 @@
+"""The exceptions a user can see, one hierarchy."""
+
+from __future__ import annotations
+
+
+class DistcompError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(DistcompError):
+    """A setting has an invalid value: names the field, the value and what was expected."""
+
+    def __init__(self, field: str, value: object, expected: str) -> None:
+        self.field, self.value, self.expected = field, value, expected
+        super().__init__(f"invalid config: {field}={value!r}: expected {expected}")
+
+
+class TaskLineError(DistcompError):
+    """A task line could not be parsed; carries where it came from."""
+
+    def __init__(self, reason: str, path: str = "", lineno: int = 0) -> None:
+        self.reason, self.path, self.lineno = reason, path, lineno
+        where = f"{path}:{lineno}: " if path else ""
+        super().__init__(f"{where}{reason}")
+
+
+class WorkerNameTaken(DistcompError):
+    """Another live process holds this worker name's lease."""
+
+
+class LeaseLost(DistcompError):
+    """This worker's lease expired or was taken over: it must stop claiming."""
+
+
+class RedisUnavailable(DistcompError):
+    """Redis could not be reached (host named, password never shown)."""
+
+
+class RedisStateLost(DistcompError):
+    """Redis answered but the queue's epoch key is gone: it restarted without persistence."""

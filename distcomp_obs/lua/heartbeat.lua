@@ -1,0 +1,20 @@
+-- heartbeat.lua: renew this worker's lease and publish its status, in one round trip.
+-- KEYS: the common layout of lib.lua.
+-- ARGV[1] worker  ARGV[2] incarnation  ARGV[3] lease_ms  ARGV[4] status JSON
+-- Returns {lease (1 renewed, 0 expired and re-taken by us, -1 held by another process),
+--          epoch or false, stop_requested or false}.
+local current = redis.call('GET', K.lease)
+local state = 1
+if current == ARGV[2] then
+  redis.call('PEXPIRE', K.lease, ARGV[3])
+elseif not current then
+  -- Our lease expired (we were frozen or cut off) and nobody took the name: take it back.
+  -- The reaper may have returned our tasks meanwhile; their reports will be fenced.
+  redis.call('SET', K.lease, ARGV[2], 'PX', ARGV[3])
+  state = 0
+else
+  return {-1, redis.call('GET', K.epoch), redis.call('GET', K.stop_requested)}
+end
+redis.call('SADD', K.workers, ARGV[1])
+redis.call('HSET', K.status, ARGV[1], ARGV[4])
+return {state, redis.call('GET', K.epoch), redis.call('GET', K.stop_requested)}

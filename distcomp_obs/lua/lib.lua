@@ -1,0 +1,176 @@
+-- lib.lua: shared by every script (queue.py prepends it to each script body).
+--
+-- Every script takes the same KEYS layout (one queue, one worker), so each step can use any
+-- record without building key names in Lua:
+--   KEYS[1]  todo_index        ZSET task -> (MAX_PRIORITY-priority)*2^32+seq
+--   KEYS[2]  todo_tasks        HASH task -> submit time ms
+--   KEYS[3]  todo_age          ZSET task -> claimable since (ms)
+--   KEYS[4]  in_progress_tasks HASH task -> worker
+--   KEYS[5]  in_progress_age   ZSET task -> claim time (ms)
+--   KEYS[6]  claims            HASH task -> claim token
+--   KEYS[7]  settled           HASH task -> token that recorded its terminal state
+--   KEYS[8]  finished_tasks    HASH task -> stdout
+--   KEYS[9]  failed_tasks      HASH task -> ",w1,w2," workers it failed on
+--   KEYS[10] task_fail_reason  HASH task -> last reason
+--   KEYS[11] failed_final      HASH task -> reason (failed for good)
+--   KEYS[12] attempts          HASH task -> failed attempts
+--   KEYS[13] reap_count        HASH task -> reaps
+--   KEYS[14] terminal_count    HASH task -> terminal records (audit)
+--   KEYS[15] events            STREAM terminal transitions (capped)
+--   KEYS[16] stats             HASH counters
+--   KEYS[17] task_meta         HASH task -> JSON {seq, submitted_ms, trace}
+--   KEYS[18] seq               STRING counter
+--   KEYS[19] epoch             STRING
+--   KEYS[20] workers           SET registered workers
+--   KEYS[21] worker_status     HASH worker -> JSON heartbeat
+--   KEYS[22] wake channel      (PUBLISH target; a channel, passed in KEYS for ACL/cluster tools)
+--   KEYS[23] reap_lock         STRING
+--   KEYS[24] stop_requested    STRING
+--   KEYS[25] owned:{worker}    SET tasks held by this script's worker
+--   KEYS[26] worker_lease:{worker}  STRING incarnation with PX expiry
+--   KEYS[27..] script specific (reap.lua: lease/owned pairs of the workers to check)
+
+local K = {
+  todo_index = KEYS[1], todo_tasks = KEYS[2], todo_age = KEYS[3], in_progress = KEYS[4],
+  in_progress_age = KEYS[5], claims = KEYS[6], settled = KEYS[7], finished = KEYS[8],
+  failed_on = KEYS[9], fail_reason = KEYS[10], failed_final = KEYS[11], attempts = KEYS[12],
+  reap_count = KEYS[13], terminal_count = KEYS[14], events = KEYS[15], stats = KEYS[16],
+  meta = KEYS[17], seq = KEYS[18], epoch = KEYS[19], workers = KEYS[20], status = KEYS[21],
+  wake = KEYS[22], reap_lock = KEYS[23], stop_requested = KEYS[24], owned = KEYS[25], lease = KEYS[26],
+}
+local MAX_PRIORITY = 1000000
+local EVENTS_MAXLEN = 100000
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- type:priority:min_dram_gb:min_cpu:params -> priority, dram, cpu
+local function task_fields(task)
+  local _, _, prio, dram, cpu = string.find(task, '^[^:]*:([^:]*):([^:]*):([^:]*):')
+  return tonumber(prio) or 0, tonumber(dram) or 0, tonumber(cpu) or 0
+end
+
+-- Scores reach 2^52; format them ourselves, Lua's default number formatting keeps 14 digits.
+local function score(prio, seq)
+  return string.format('%.0f', (MAX_PRIORITY - prio) * 4294967296 + seq)
+end
+
+local function score_of(task)
+  local seq = 0
+  local raw = redis.call('HGET', K.meta, task)
+  if raw then seq = cjson.decode(raw).seq or 0 end
+  return score(task_fields(task), seq)
+end
+
+-- Record a terminal transition exactly once (the audit counts terminal_count == 1; a task with
+-- a terminal_count entry is settled, which the unpipelined protocol relies on after a crash).
+local function terminal(task, token, kind, now)
+  redis.call('HINCRBY', K.terminal_count, task, 1)
+  redis.call('HSET', K.settled, task, token)
+  redis.call('XADD', K.events, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'task', task, 'state', kind, 'ms', now)
+end
+
+local function release(task, owned_key)
+  redis.call('HDEL', K.in_progress, task)
+  redis.call('ZREM', K.in_progress_age, task)
+  redis.call('HDEL', K.claims, task)
+  redis.call('SREM', owned_key, task)
+end
+
+-- Put a held task back in todo with its original score (FIFO place kept). Idempotent, and
+-- safe on half-done states left by the unpipelined protocol: a settled task is only released.
+local function is_settled(task)
+  return redis.call('HEXISTS', K.terminal_count, task) == 1
+end
+
+local function requeue(task, owned_key, now)
+  if is_settled(task) then
+    release(task, owned_key)
+    return 0
+  end
+  release(task, owned_key)
+  redis.call('ZADD', K.todo_index, score_of(task), task)
+  redis.call('HSET', K.todo_tasks, task, now)
+  redis.call('ZADD', K.todo_age, now, task)
+  return 1
+end
+
+local function fail_for_good(task, token, reason, owned_key, now)
+  release(task, owned_key)
+  redis.call('ZREM', K.todo_index, task)
+  redis.call('HDEL', K.todo_tasks, task)
+  redis.call('ZREM', K.todo_age, task)
+  redis.call('HSET', K.failed_final, task, reason)
+  redis.call('HSET', K.fail_reason, task, reason)
+  redis.call('HINCRBY', K.stats, 'failed', 1)
+  terminal(task, token, 'failed', now)
+end
+
+-- Claim up to n tasks for this worker: highest priority first, FIFO within a priority,
+-- skipping tasks that do not fit its memory/cores or that already failed on it.
+-- Cost O(log N + window): the window bounds the scan whatever the queue length.
+local function claim(worker, incarnation, n, free_dram, cpus, window, now)
+  if n <= 0 then return {} end
+  local picked = {}
+  local candidates = redis.call('ZRANGE', K.todo_index, 0, window - 1)
+  local marker = ',' .. worker .. ','
+  for _, task in ipairs(candidates) do
+    local _, dram, cpu = task_fields(task)
+    if dram <= free_dram and cpu <= cpus then
+      local failed_on = redis.call('HGET', K.failed_on, task)
+      if not failed_on or not string.find(failed_on, marker, 1, true) then
+        picked[#picked + 1] = task
+        free_dram = free_dram - dram
+        if #picked >= n then break end
+      end
+    end
+  end
+  if #picked == 0 then return {} end
+  local base = redis.call('HINCRBY', K.stats, 'claimed', #picked) - #picked
+  local out = {}
+  for i, task in ipairs(picked) do
+    local token = incarnation .. ':' .. (base + i)
+    redis.call('ZREM', K.todo_index, task)
+    redis.call('HDEL', K.todo_tasks, task)
+    redis.call('ZREM', K.todo_age, task)
+    redis.call('HSET', K.in_progress, task, worker)
+    redis.call('ZADD', K.in_progress_age, now, task)
+    redis.call('HSET', K.claims, task, token)
+    redis.call('SADD', K.owned, task)
+    out[#out + 1] = task
+    out[#out + 1] = token
+    out[#out + 1] = redis.call('HGET', K.meta, task) or '{}'
+  end
+  return out
+end
+
+-- Record one result. Returns 1 finished, 2 failed for good, 3 failed and requeued for retry,
+-- 0 duplicate of a report already recorded with this token, -1 stale (token no longer current).
+local function report_one(worker, task, token, outcome, payload, max_retry, now)
+  if redis.call('HGET', K.claims, task) ~= token then
+    redis.call('SREM', K.owned, task)
+    if redis.call('HGET', K.settled, task) == token then return 0 end
+    redis.call('HINCRBY', K.stats, 'stale_reports', 1)
+    return -1
+  end
+  if outcome == 'finished' then
+    release(task, K.owned)
+    redis.call('HSET', K.finished, task, payload)
+    redis.call('HINCRBY', K.stats, 'finished', 1)
+    terminal(task, token, 'finished', now)
+    return 1
+  end
+  local failed_on = redis.call('HGET', K.failed_on, task) or ','
+  redis.call('HSET', K.failed_on, task, failed_on .. worker .. ',')
+  redis.call('HSET', K.fail_reason, task, payload)
+  local attempts = redis.call('HINCRBY', K.attempts, task, 1)
+  if attempts > max_retry then
+    fail_for_good(task, token, payload, K.owned, now)
+    return 2
+  end
+  requeue(task, K.owned, now)
+  redis.call('HINCRBY', K.stats, 'retried', 1)
+  return 3
+end

