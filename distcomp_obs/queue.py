@@ -231,7 +231,7 @@ class Queue:
             self._one("report", r.hset, k.failed_tasks, task, f"{failed_on}{worker},")
             self._one("report", r.hset, k.task_fail_reason, task, rep.payload)
             attempts = self._one("report", r.hincrby, k.attempts, task, 1)
-            if attempts > max_retry:
+            if attempts > max_retry or not self._retry_possible(f"{failed_on}{worker},"):
                 self._one("report", r.hset, k.failed_final, task, rep.payload)
                 code = FAILED_FINAL
             else:
@@ -256,6 +256,16 @@ class Queue:
         self._one("report", r.zrem, k.in_progress_age, task)
         self._one("report", r.srem, k.owned(worker), task)
         return code
+
+    def _retry_possible(self, failed_on: str) -> bool:
+        """Whether a live worker that has not failed this task exists (as lib.lua decides)."""
+        now_ms = time.time() * 1000
+        statuses = self._one("report", self.r.hgetall, self.keys.worker_status)
+        for name, raw in statuses.items():
+            st = json.loads(raw)
+            if f",{name}," not in failed_on and st.get("seen_ms", 0) + st.get("lease_ms", 0) >= now_ms:
+                return True
+        return False
 
     # --- reads for status, workers, the exporter and the audit --------------------------------
     def counts(self) -> dict[str, int]:

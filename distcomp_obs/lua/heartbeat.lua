@@ -16,5 +16,8 @@ else
   return {-1, redis.call('GET', K.epoch), redis.call('GET', K.stop_requested)}
 end
 redis.call('SADD', K.workers, ARGV[1])
-redis.call('HSET', K.status, ARGV[1], ARGV[4])
+local status = cjson.decode(ARGV[4])
+status.seen_ms = now_ms()  -- server time: liveness checks in scripts must not trust worker clocks
+status.lease_ms = tonumber(ARGV[3])
+redis.call('HSET', K.status, ARGV[1], cjson.encode(status))
 return {state, redis.call('GET', K.epoch), redis.call('GET', K.stop_requested)}

@@ -146,6 +146,21 @@ local function claim(worker, incarnation, n, free_dram, cpus, window, now)
   return out
 end
 
+-- A task is never retried on a worker where it failed; if every live worker (heartbeat seen
+-- within its lease, by server time) has failed it, waiting for a retry would strand it.
+local function someone_else_can_retry(failed_on, now)
+  for _, name in ipairs(redis.call('SMEMBERS', K.workers)) do
+    if not string.find(failed_on, ',' .. name .. ',', 1, true) then
+      local raw = redis.call('HGET', K.status, name)
+      if raw then
+        local st = cjson.decode(raw)
+        if st.seen_ms and st.lease_ms and st.seen_ms + st.lease_ms >= now then return true end
+      end
+    end
+  end
+  return false
+end
+
 -- Record one result. Returns 1 finished, 2 failed for good, 3 failed and requeued for retry,
 -- 0 duplicate of a report already recorded with this token, -1 stale (token no longer current).
 local function report_one(worker, task, token, outcome, payload, max_retry, now)
@@ -162,12 +177,16 @@ local function report_one(worker, task, token, outcome, payload, max_retry, now)
     terminal(task, token, 'finished', now)
     return 1
   end
-  local failed_on = redis.call('HGET', K.failed_on, task) or ','
-  redis.call('HSET', K.failed_on, task, failed_on .. worker .. ',')
+  local failed_on = (redis.call('HGET', K.failed_on, task) or ',') .. worker .. ','
+  redis.call('HSET', K.failed_on, task, failed_on)
   redis.call('HSET', K.fail_reason, task, payload)
   local attempts = redis.call('HINCRBY', K.attempts, task, 1)
   if attempts > max_retry then
     fail_for_good(task, token, payload, K.owned, now)
+    return 2
+  end
+  if not someone_else_can_retry(failed_on, now) then
+    fail_for_good(task, token, payload .. ' [not retried: it failed on every live worker]', K.owned, now)
     return 2
   end
   requeue(task, K.owned, now)

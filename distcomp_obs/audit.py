@@ -1,0 +1,90 @@
+"""The "nothing lost" invariant as code (DESIGN.md §2), shared by tests, `distcomp run`,
+`distcomp status --check` and the bench.
+
+Holds when: the records agree with each other (todo index = todo hash; in-progress = claims =
+the union of the workers' owned sets), no task is held by a dead worker, finished and
+failed-for-good are disjoint and each terminal task was recorded exactly once, every failure has
+a reason, and every submitted task is in exactly one state. With `expect_done` nothing may be
+left waiting or running either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from distcomp_obs.queue import Queue
+
+
+@dataclass
+class AuditReport:
+    problems: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        head = "audit OK" if self.ok else f"audit FAILED ({len(self.problems)} problem(s))"
+        counts = ", ".join(f"{k}={v}" for k, v in self.counts.items())
+        return "\n".join([f"{head}: {counts}", *(f"  - {p}" for p in self.problems)])
+
+
+def _sample(items: Iterable[str], n: int = 5) -> str:
+    items = sorted(items)
+    more = f" (+{len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(repr(i) for i in items[:n]) + more
+
+
+def audit(q: Queue, submitted: Iterable[str] | None = None, expect_done: bool = False) -> AuditReport:
+    k, r = q.keys, q.r
+    rep = AuditReport()
+    todo_index = set(r.zrange(k.todo_index, 0, -1))
+    todo = set(r.hkeys(k.todo_tasks))
+    in_progress = r.hgetall(k.in_progress_tasks)
+    claims = set(r.hkeys(k.claims))
+    finished = set(r.hkeys(k.finished_tasks))
+    failed = r.hgetall(k.failed_final)
+    reasons = r.hgetall(k.task_fail_reason)
+    terminal = r.hgetall(k.terminal_count)
+    known = set(r.hkeys(k.task_meta))
+    workers = q.workers()
+    owned: dict[str, set[str]] = {name: set(r.smembers(k.owned(name))) for name in workers}
+    rep.counts = {"submitted": len(known), "todo": len(todo_index), "in_progress": len(in_progress),
+                  "finished": len(finished), "failed": len(failed)}  # fmt: skip
+
+    def problem(condition: bool, text: str, items: Iterable[str]) -> None:
+        if condition:
+            rep.problems.append(f"{text}: {_sample(items)}")
+
+    problem(todo_index != todo, "todo index and todo hash disagree", todo_index ^ todo)
+    problem(set(in_progress) != claims, "in-progress tasks without a claim (or claims without a task)",
+            set(in_progress) ^ claims)  # fmt: skip
+    all_owned = set().union(*owned.values()) if owned else set()
+    problem(set(in_progress) - all_owned != set(), "in-progress tasks no worker owns", set(in_progress) - all_owned)
+    for name, tasks in owned.items():
+        if tasks and not workers[name]["live"]:
+            problem(True, f"stranded: held by dead worker {name} (the reaper returns them)", tasks)
+    problem(bool(finished & set(failed)), "both finished and failed", finished & set(failed))
+    problem(any(not reasons.get(t) and not failed[t] for t in failed), "failed without a reason",
+            [t for t in failed if not failed[t]])  # fmt: skip
+    terminal_tasks = finished | set(failed)
+    problem(set(terminal) != terminal_tasks, "terminal records disagree with finished/failed",
+            set(terminal) ^ terminal_tasks)  # fmt: skip
+    problem(any(v != "1" for v in terminal.values()), "recorded more than once",
+            [t for t, v in terminal.items() if v != "1"])  # fmt: skip
+    placed = todo_index | set(in_progress) | terminal_tasks
+    problem(bool(known - placed), "lost: submitted but in no state", known - placed)
+    problem(bool(placed - known), "in a state but never submitted", placed - known)
+    overlap = (todo_index & set(in_progress)) | (todo_index & terminal_tasks) | (set(in_progress) & terminal_tasks)
+    problem(bool(overlap), "in two states at once", overlap)
+    if submitted is not None:
+        expected = set(submitted)
+        problem(bool(expected - known), "submitted but unknown to the queue", expected - known)
+        if expect_done:
+            problem(bool(expected - terminal_tasks), "submitted but not finished or failed", expected - terminal_tasks)
+    if expect_done:
+        problem(bool(todo_index), "still waiting", todo_index)
+        problem(bool(in_progress), "still in progress", set(in_progress))
+    return rep

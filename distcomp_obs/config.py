@@ -1,0 +1,254 @@
+"""Settings: YAML file, then DISTCOMP_* environment variables, then flags (later wins).
+
+Every value is validated when Settings are built, and an invalid one names the field, the value
+and what is expected, before anything touches Redis. DistComp's conf.json keys are accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import yaml
+
+from distcomp_obs.errors import ConfigError
+from distcomp_obs.keys import DEFAULT_PREFIX
+from distcomp_obs.redis_io import redact_url
+
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.@")
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: redis://[user:password@]host:port/db, rediss:// (TLS) or unix:///path.sock
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: key prefix: several queues can share one Redis
+    prefix: str = DEFAULT_PREFIX
+    #: worker name, unique among live workers (default: this host's name)
+    name: str = ""
+    #: tasks run at once by one worker
+    concurrency: int = 0
+    #: claim N and report N in one atomic round trip (off: one command per round trip, as DistComp)
+    pipeline: bool = True
+    #: claimed tasks kept in the local buffer beyond the running ones (0: claim when a slot is free)
+    prefetch: int = 32
+    #: adaptive: no sleep while work flows, block on a wake-up when idle; fixed: sleep poll_interval_s
+    polling: str = "adaptive"
+    #: fixed polling: seconds between fetches (DistComp: 2)
+    poll_interval_s: float = 2.0
+    #: adaptive polling: longest wait for a wake-up before polling anyway
+    idle_max_wait_s: float = 30.0
+    #: name shown in metrics and `distcomp workers` (default: derived from the flags)
+    variant: str = ""
+    #: failed attempts retried on other workers before a task fails for good
+    max_retry_per_task: int = 2
+    #: free memory (GB) kept for the system: tasks start only above it; below it the newest is killed
+    min_free_dram_gb: float = 0.2
+    #: seconds between heartbeats (the lease is renewed each time)
+    heartbeat_interval_s: float = 5.0
+    #: a worker silent this long is dead: its tasks go back to the queue
+    lease_s: float = 15.0
+    #: seconds between reaper runs (every worker runs it; a lock keeps one at a time)
+    reap_interval_s: float = 5.0
+    #: times a task may take its worker down with it before it fails for good
+    max_reaps: int = 3
+    #: kill a task running longer than this (0: no limit)
+    task_timeout_s: float = 0.0
+    #: stdout/stderr bytes kept per task
+    output_limit_bytes: int = 64 * 1024
+    #: seconds SIGTERM waits for running tasks before killing and returning them
+    grace_period_s: float = 30.0
+    #: serve Prometheus metrics (off: --no-metrics, for measuring instrumentation cost)
+    metrics: bool = True
+    #: HOST:PORT for /metrics and /healthz; port 0 picks a free port
+    metrics_addr: str = "127.0.0.1:0"
+    #: DEBUG, INFO, WARNING or ERROR
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def variant_name(self) -> str:
+        return self.variant or variant_name(self.pipeline, self.prefetch, self.polling, self.poll_interval_s)
+
+    def redacted(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["redis_url"] = redact_url(self.redis_url)
+        return data
+
+    def __repr__(self) -> str:
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in self.redacted().items())})"
+
+
+def variant_name(pipeline: bool, prefetch: int, polling: str, poll_interval_s: float) -> str:
+    parts = (["pipeline"] if pipeline else []) + ([f"prefetch{prefetch}"] if prefetch else [])
+    parts.append("adaptive" if polling == "adaptive" else f"fixed{poll_interval_s:g}s")
+    if parts == ["fixed2s"]:
+        return "baseline"
+    if parts == ["fixed0s"]:
+        return "baseline-nosleep"
+    return "+".join(parts)
+
+
+#: what --baseline selects: DistComp's behaviour
+BASELINE = {"pipeline": False, "prefetch": 0, "polling": "fixed", "poll_interval_s": 2.0}
+
+
+def _positive(name: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(name, value, "a number >= 0" if allow_zero else "a number > 0")
+
+
+def validate(s: Settings) -> None:
+    scheme = s.redis_url.split("://", 1)[0] if "://" in s.redis_url else ""
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError("redis_url", redact_url(s.redis_url), "a redis://, rediss:// or unix:// URL")
+    if not s.prefix or any(c.isspace() for c in s.prefix):
+        raise ConfigError("prefix", s.prefix, "a non-empty key prefix without spaces")
+    if s.name and (not set(s.name) <= NAME_CHARS or len(s.name) > 128):
+        raise ConfigError("name", s.name, "letters, digits and - _ . @ (at most 128)")
+    if s.concurrency < 0 or s.concurrency > 4096:
+        raise ConfigError("concurrency", s.concurrency, "an integer from 1 to 4096 (0: one per CPU core)")
+    if s.prefetch < 0 or s.prefetch > 10000:
+        raise ConfigError("prefetch", s.prefetch, "an integer from 0 to 10000")
+    if s.polling not in ("adaptive", "fixed"):
+        raise ConfigError("polling", s.polling, "'adaptive' or 'fixed'")
+    for name in ("poll_interval_s", "task_timeout_s", "grace_period_s", "min_free_dram_gb"):
+        _positive(name, getattr(s, name), allow_zero=True)
+    for name in ("idle_max_wait_s", "heartbeat_interval_s", "lease_s", "reap_interval_s"):
+        _positive(name, getattr(s, name))
+    if s.lease_s < 2 * s.heartbeat_interval_s:
+        raise ConfigError("lease_s", s.lease_s, f"at least twice heartbeat_interval_s ({2 * s.heartbeat_interval_s:g})")
+    if s.max_retry_per_task < 0:
+        raise ConfigError("max_retry_per_task", s.max_retry_per_task, "an integer >= 0")
+    if s.max_reaps < 1:
+        raise ConfigError("max_reaps", s.max_reaps, "an integer >= 1")
+    if s.output_limit_bytes < 0:
+        raise ConfigError("output_limit_bytes", s.output_limit_bytes, "an integer >= 0")
+    host, _, port = s.metrics_addr.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError("metrics_addr", s.metrics_addr, "HOST:PORT with a port from 0 to 65535")
+    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("log_level", s.log_level, "DEBUG, INFO, WARNING or ERROR")
+
+
+FIELDS = {f.name: f for f in fields(Settings)}
+#: DistComp's conf.json keys -> ours
+DISTCOMP_ALIASES = {
+    "max_retry_per_task": "max_retry_per_task",
+    "poll_interval": "poll_interval_s",
+    "sleep_time": "poll_interval_s",
+    "min_free_mem_gb": "min_free_dram_gb",
+    "min_free_memory_gb": "min_free_dram_gb",
+    "max_parallel_tasks": "concurrency",
+    "num_slots": "concurrency",
+    "worker_name": "name",
+}
+DISTCOMP_REDIS_KEYS = ("redis_host", "redis_port", "redis_password", "redis_db")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = FIELDS[name].type
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+            if number != number or number in (float("inf"), float("-inf")):
+                raise ValueError
+            return number
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ValueError
+        return str(value)
+    except (TypeError, ValueError):
+        expected = {"bool": "true or false", "int": "an integer", "float": "a number"}.get(str(kind), "a string")
+        raise ConfigError(name, value, expected) from None
+
+
+def _from_distcomp(data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if any(k in data for k in DISTCOMP_REDIS_KEYS):
+        host = data.pop("redis_host", "127.0.0.1")
+        port = data.pop("redis_port", 6379)
+        password = data.pop("redis_password", None)
+        db = data.pop("redis_db", 0)
+        auth = f":{quote(str(password), safe='')}@" if password else ""
+        out["redis_url"] = f"redis://{auth}{host}:{port}/{db}"
+    for key in list(data):
+        if key in DISTCOMP_ALIASES and key not in FIELDS:
+            out[DISTCOMP_ALIASES[key]] = data.pop(key)
+    out.update(data)
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """YAML or DistComp's conf.json (JSON is YAML); unknown keys are errors, with the key named."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("config", str(path), f"a readable file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError("config", str(path), "a UTF-8 text file") from None
+    try:
+        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ConfigError("config", str(path), f"valid YAML or JSON ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("config", str(path), "a mapping of setting: value")
+    data = _from_distcomp({str(k): v for k, v in data.items()})
+    for key in data:
+        if key not in FIELDS:
+            raise ConfigError(key, data[key], f"a known setting (one of: {', '.join(sorted(FIELDS))})")
+    return data
+
+
+def read_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out = {}
+    for name in FIELDS:
+        key = f"DISTCOMP_{name.upper()}"
+        if key in env:
+            out[name] = env[key]
+    return out
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    baseline: bool = False,
+) -> Settings:
+    """Merge defaults < --baseline preset < file < environment < flags, then validate."""
+    merged: dict[str, Any] = dict(BASELINE) if baseline else {}
+    if config_file:
+        merged.update(read_config_file(config_file))
+    merged.update(read_env(os.environ if env is None else env))
+    merged.update({k: v for k, v in (flags or {}).items() if v is not None})
+    values = {name: _coerce(name, value) for name, value in merged.items()}
+    values.setdefault("name", socket.gethostname().split(".")[0])
+    if not values.get("concurrency"):
+        values["concurrency"] = os.cpu_count() or 1
+    if isinstance(values.get("log_level"), str):
+        values["log_level"] = values["log_level"].upper()
+    return Settings(**values)

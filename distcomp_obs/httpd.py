@@ -1,0 +1,65 @@
+"""A small threaded HTTP server for /metrics (Prometheus text or OpenMetrics with exemplars),
+/healthz and extra JSON routes (the exporter's /sd). One per process, explicit bind address."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+
+class MetricsServer:
+    def __init__(self, addr: str, registry: CollectorRegistry, health: Callable[[], tuple[bool, str]],
+                 routes: dict[str, Callable[[], Any]] | None = None) -> None:  # fmt: skip
+        host, _, port = addr.rpartition(":")
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+                    self._send(200, content_type, encoder(outer.registry))
+                elif path == "/healthz":
+                    ok, detail = outer.health()
+                    self._send(200 if ok else 503, "text/plain; charset=utf-8", detail.encode() + b"\n")
+                elif path in outer.routes:
+                    self._send(200, "application/json", json.dumps(outer.routes[path]()).encode())
+                else:
+                    self._send(404, "text/plain", b"not found: try /metrics or /healthz\n")
+
+            def _send(self, code: int, content_type: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: Any) -> None:  # scrapes every few seconds: keep logs quiet
+                pass
+
+        self.registry, self.health, self.routes = registry, health, routes or {}
+        self.httpd = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    @property
+    def host(self) -> str:
+        return str(self.httpd.server_address[0])
+
+    def start(self) -> MetricsServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,129 @@
+"""Running one task: shell and python tasks as subprocesses, builtins in-process.
+
+A subprocess is started directly (no extra fork per task) in its own process group, and asks
+the kernel to kill it when its parent thread dies (PR_SET_PDEATHSIG): a killed worker's tasks
+must not keep running while the reaper hands them to someone else. Output is spooled to
+temporary files and only a bounded slice is kept, so a task printing gigabytes costs disk, not
+worker memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+
+from distcomp_obs.task import Task, TaskType
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _libc: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # not Linux
+    _libc = None
+
+
+def _die_with_parent() -> None:
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    output: str  # stdout on success, the reason on failure
+    killed_for: str = ""  # set when the worker killed it (memory_pressure, shutdown): return, not fail
+
+
+def bounded_text(data: bytes, limit: int, keep_tail: bool = False) -> str:
+    """Decode as UTF-8 (bad bytes replaced), keeping at most `limit` bytes."""
+    if len(data) > limit:
+        data = data[-limit:] if keep_tail else data[:limit]
+        marker = f"[... {len(data)} of more bytes kept]"
+        text = data.decode("utf-8", "replace")
+        return f"{marker} {text}" if keep_tail else f"{text} {marker}"
+    return data.decode("utf-8", "replace")
+
+
+class Running:
+    """A task in a slot; the worker may kill it (memory pressure, timeout, shutdown)."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.kill_reason = ""
+        self.cancel = threading.Event()
+
+    def kill(self, reason: str) -> None:
+        self.kill_reason = reason
+        self.cancel.set()
+        proc = self.process
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _read(handle: tempfile.SpooledTemporaryFile[bytes] | object, limit: int, tail: bool) -> str:
+    f = handle  # type: ignore[assignment]
+    size = f.seek(0, os.SEEK_END)  # type: ignore[attr-defined]
+    f.seek(max(0, size - limit - 1) if tail else 0)  # type: ignore[attr-defined]
+    data = f.read(limit + 1)  # type: ignore[attr-defined]
+    return bounded_text(data, limit, keep_tail=tail)
+
+
+def run_task(task: Task, running: Running, timeout_s: float, output_limit: int) -> Outcome:
+    if task.type is TaskType.BUILTIN:
+        return _run_builtin(task, running, timeout_s)
+    if task.type is TaskType.SHELL:
+        argv = ["/bin/sh", "-c", task.params]
+    else:
+        try:
+            argv = [sys.executable, *shlex.split(task.params)]
+        except ValueError as exc:
+            return Outcome(False, f"cannot split python params: {exc}")
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
+        except OSError as exc:
+            return Outcome(False, f"cannot start task: {exc}")
+        running.process = proc
+        if running.cancel.is_set():  # killed before it started
+            running.kill(running.kill_reason)
+        try:
+            code = proc.wait(timeout_s or None)
+        except subprocess.TimeoutExpired:
+            running.kill("timeout")
+            code = proc.wait()
+        if running.kill_reason and running.kill_reason != "timeout":
+            return Outcome(False, f"killed by the worker ({running.kill_reason})", running.kill_reason)
+        if running.kill_reason == "timeout":
+            return Outcome(False, f"timed out after {timeout_s:g}s (task_timeout_s); stderr: "
+                                  f"{_read(err, output_limit, tail=True)}")  # fmt: skip
+        if code == 0:
+            return Outcome(True, _read(out, output_limit, tail=False))
+        cause = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        return Outcome(False, f"{cause}; stderr: {_read(err, output_limit, tail=True)}".strip())
+
+
+def _run_builtin(task: Task, running: Running, timeout_s: float) -> Outcome:
+    words = task.params.split()
+    if words[0] == "noop":
+        return Outcome(True, "")
+    if words[0] == "fail":
+        return Outcome(False, "builtin fail: " + " ".join(words[1:]) if len(words) > 1 else "builtin fail")
+    seconds = float(words[1])
+    limit = seconds if not timeout_s else min(seconds, timeout_s)
+    start = time.monotonic()
+    if running.cancel.wait(limit):
+        return Outcome(False, f"killed by the worker ({running.kill_reason})", running.kill_reason)
+    if timeout_s and time.monotonic() - start >= timeout_s and seconds > timeout_s:
+        return Outcome(False, f"timed out after {timeout_s:g}s (task_timeout_s)")
+    return Outcome(True, "")
