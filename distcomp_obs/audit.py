@@ -51,29 +51,46 @@ def audit(q: Queue, submitted: Iterable[str] | None = None, expect_done: bool = 
     known = set(r.hkeys(k.task_meta))
     workers = q.workers()
     owned: dict[str, set[str]] = {name: set(r.smembers(k.owned(name))) for name in workers}
-    rep.counts = {"submitted": len(known), "todo": len(todo_index), "in_progress": len(in_progress),
-                  "finished": len(finished), "failed": len(failed)}  # fmt: skip
+    rep.counts = {
+        "submitted": len(known),
+        "todo": len(todo_index),
+        "in_progress": len(in_progress),
+        "finished": len(finished),
+        "failed": len(failed),
+    }
 
     def problem(condition: bool, text: str, items: Iterable[str]) -> None:
         if condition:
             rep.problems.append(f"{text}: {_sample(items)}")
 
     problem(todo_index != todo, "todo index and todo hash disagree", todo_index ^ todo)
-    problem(set(in_progress) != claims, "in-progress tasks without a claim (or claims without a task)",
-            set(in_progress) ^ claims)  # fmt: skip
+    problem(
+        set(in_progress) != claims,
+        "in-progress tasks without a claim (or claims without a task)",
+        set(in_progress) ^ claims,
+    )
     all_owned = set().union(*owned.values()) if owned else set()
     problem(set(in_progress) - all_owned != set(), "in-progress tasks no worker owns", set(in_progress) - all_owned)
     for name, tasks in owned.items():
         if tasks and not workers[name]["live"]:
             problem(True, f"stranded: held by dead worker {name} (the reaper returns them)", tasks)
     problem(bool(finished & set(failed)), "both finished and failed", finished & set(failed))
-    problem(any(not reasons.get(t) and not failed[t] for t in failed), "failed without a reason",
-            [t for t in failed if not failed[t]])  # fmt: skip
+    problem(
+        any(not reasons.get(t) and not failed[t] for t in failed),
+        "failed without a reason",
+        [t for t in failed if not failed[t]],
+    )
     terminal_tasks = finished | set(failed)
-    problem(set(terminal) != terminal_tasks, "terminal records disagree with finished/failed",
-            set(terminal) ^ terminal_tasks)  # fmt: skip
-    problem(any(v != "1" for v in terminal.values()), "recorded more than once",
-            [t for t, v in terminal.items() if v != "1"])  # fmt: skip
+    problem(
+        set(terminal) != terminal_tasks,
+        "terminal records disagree with finished/failed",
+        set(terminal) ^ terminal_tasks,
+    )
+    problem(
+        any(v != "1" for v in terminal.values()),
+        "recorded more than once",
+        [t for t, v in terminal.items() if v != "1"],
+    )
     placed = todo_index | set(in_progress) | terminal_tasks
     problem(bool(known - placed), "lost: submitted but in no state", known - placed)
     problem(bool(placed - known), "in a state but never submitted", placed - known)

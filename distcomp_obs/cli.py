@@ -23,16 +23,21 @@ log = logging.getLogger("distcomp")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--redis-url", help="redis://[user:pass@]host:port/db, rediss://..., unix:///path "
-                   "(env DISTCOMP_REDIS_URL)")  # fmt: skip
+    p.add_argument(
+        "--redis-url", help="redis://[user:pass@]host:port/db, rediss://..., unix:///path (env DISTCOMP_REDIS_URL)"
+    )
     p.add_argument("--prefix", help="key prefix of the queue (default distcomp:)")
     p.add_argument("--config", help="YAML settings file (DistComp's conf.json accepted)")
 
 
 def _worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, help="tasks run at once (default: CPU cores)")
-    p.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=None,
-                   help="claim and report in batches, one atomic round trip each (default on)")  # fmt: skip
+    p.add_argument(
+        "--pipeline",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="claim and report in batches, one atomic round trip each (default on)",
+    )
     p.add_argument("--prefetch", type=int, help="claimed tasks buffered beyond the running ones (default 32)")
     p.add_argument("--polling", choices=["adaptive", "fixed"], help="adaptive (default) or fixed sleeps")
     p.add_argument("--poll-interval", type=float, dest="poll_interval_s", help="fixed polling interval, seconds")
@@ -88,9 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--json", action="store_true")
 
-    for name, text in [("retry-failed", "put failed-for-good tasks back in the queue"),
-                       ("purge-finished", "forget finished tasks"),
-                       ("stop-workers", "ask every worker to finish what it runs and exit")]:  # fmt: skip
+    for name, text in [
+        ("retry-failed", "put failed-for-good tasks back in the queue"),
+        ("purge-finished", "forget finished tasks"),
+        ("stop-workers", "ask every worker to finish what it runs and exit"),
+    ]:
         _common(sub.add_parser(name, help=text))
 
     p = sub.add_parser("requeue-dead", help="return the tasks of workers silent for --older-than seconds")
@@ -117,8 +124,9 @@ def settings_from(args: argparse.Namespace, config_file: str | None = None) -> S
     flags = {name: getattr(args, name) for name in FIELDS if name in vars(args)}
     if getattr(args, "name", None):
         flags["name"] = args.name
-    return load_settings(config_file or getattr(args, "config", None), flags=flags,
-                         baseline=getattr(args, "baseline", False))  # fmt: skip
+    return load_settings(
+        config_file or getattr(args, "config", None), flags=flags, baseline=getattr(args, "baseline", False)
+    )
 
 
 def open_queue(args: argparse.Namespace) -> tuple[Queue, Settings]:
@@ -137,8 +145,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     lines = [t.line for t in tasks]
     with tracing.send_span(q.keys.prefix, len(lines)) as context:
         added = q.submit(lines, trace=context)
-    print(f"{args.file}: read {len(tasks) + len(errors)}, added {added}, skipped {len(tasks) - added} "
-          f"(already known), invalid {len(errors)}")  # fmt: skip
+    print(
+        f"{args.file}: read {len(tasks) + len(errors)}, added {added}, skipped {len(tasks) - added} "
+        f"(already known), invalid {len(errors)}"
+    )
     return 1 if errors and not args.skip_invalid else 0
 
 
@@ -153,17 +163,26 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _filter(tasks: dict[str, str], args: argparse.Namespace) -> dict[str, str]:
-    return {t: v for t, v in tasks.items()
-            if (not args.include or args.include in t) and (not args.exclude or args.exclude not in t)}  # fmt: skip
+    return {
+        t: v
+        for t, v in tasks.items()
+        if (not args.include or args.include in t) and (not args.exclude or args.exclude not in t)
+    }
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     q, _ = open_queue(args)
     counts = q.counts()
-    out: dict[str, Any] = {"counts": {k: counts[k] for k in ("todo", "in_progress", "finished", "failed")},
-                           "stats": q.stats(), "oldest_age_s": q.oldest_ages_s()}  # fmt: skip
-    lists = {s: _filter(q.list_state(s.replace("-", "_")), args)
-             for s in ("todo", "in-progress", "finished", "failed") if getattr(args, s.replace("-", "_"))}  # fmt: skip
+    out: dict[str, Any] = {
+        "counts": {k: counts[k] for k in ("todo", "in_progress", "finished", "failed")},
+        "stats": q.stats(),
+        "oldest_age_s": q.oldest_ages_s(),
+    }
+    lists = {
+        s: _filter(q.list_state(s.replace("-", "_")), args)
+        for s in ("todo", "in-progress", "finished", "failed")
+        if getattr(args, s.replace("-", "_"))
+    }
     report = audit(q, expect_done=args.drained) if args.check else None
     if args.json:
         out["lists"] = lists
@@ -192,15 +211,19 @@ def cmd_workers(args: argparse.Namespace) -> int:
         print("no registered workers")
         return 0
     now = time.time()
-    print(f"{'worker':20} {'state':6} {'hb age':>7} {'cores':>5} {'mem GB':>11} {'run':>4} {'buf':>4} {'done':>6} "
-          f"{'failed':>6}  variant / metrics")  # fmt: skip
+    print(
+        f"{'worker':20} {'state':6} {'hb age':>7} {'cores':>5} {'mem GB':>11} {'run':>4} {'buf':>4} {'done':>6} "
+        f"{'failed':>6}  variant / metrics"
+    )
     for name, w in workers.items():
         age = now - float(w.get("time", 0))
         mem = f"{w.get('mem_available_gb', '?')}/{w.get('mem_total_gb', '?')}"
         state = "live" if w["live"] else "DEAD"
-        print(f"{name:20} {state:6} {age:6.1f}s {w.get('cores', '?'):>5} {mem:>11} {w.get('running', 0):>4} "
-              f"{w.get('buffered', 0):>4} {w.get('finished', 0):>6} {w.get('failed', 0):>6}  "
-              f"{w.get('variant', '?')} {w.get('metrics_url', '')}")  # fmt: skip
+        print(
+            f"{name:20} {state:6} {age:6.1f}s {w.get('cores', '?'):>5} {mem:>11} {w.get('running', 0):>4} "
+            f"{w.get('buffered', 0):>4} {w.get('finished', 0):>6} {w.get('failed', 0):>6}  "
+            f"{w.get('variant', '?')} {w.get('metrics_url', '')}"
+        )
     return 0
 
 
@@ -232,14 +255,26 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("DISTCOMP_LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=os.environ.get("DISTCOMP_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     args = build_parser().parse_args(argv)
     from distcomp_obs import cli_extra
 
-    handlers = {"submit": cmd_submit, "worker": cmd_worker, "status": cmd_status, "workers": cmd_workers,
-                "retry-failed": cmd_simple, "purge-finished": cmd_simple, "stop-workers": cmd_simple,
-                "requeue-dead": cmd_simple, "reset": cmd_simple, "config": cmd_config_check, **cli_extra.HANDLERS}  # fmt: skip
+    handlers = {
+        "submit": cmd_submit,
+        "worker": cmd_worker,
+        "status": cmd_status,
+        "workers": cmd_workers,
+        "retry-failed": cmd_simple,
+        "purge-finished": cmd_simple,
+        "stop-workers": cmd_simple,
+        "requeue-dead": cmd_simple,
+        "reset": cmd_simple,
+        "config": cmd_config_check,
+        **cli_extra.HANDLERS,
+    }
     try:
         return handlers[args.command](args)
     except DistcompError as exc:

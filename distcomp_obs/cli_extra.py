@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 
-def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None],
-                 worker_flags: Callable[[argparse.ArgumentParser], None]) -> None:  # fmt: skip
+def add_commands(
+    sub: Any, common: Callable[[argparse.ArgumentParser], None], worker_flags: Callable[[argparse.ArgumentParser], None]
+) -> None:
     del common, worker_flags  # `run` is built in cli.py; the others add their parsers here
 
 

@@ -14,8 +14,13 @@ from prometheus_client.exposition import choose_encoder
 
 
 class MetricsServer:
-    def __init__(self, addr: str, registry: CollectorRegistry, health: Callable[[], tuple[bool, str]],
-                 routes: dict[str, Callable[[], Any]] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        addr: str,
+        registry: CollectorRegistry,
+        health: Callable[[], tuple[bool, str]],
+        routes: dict[str, Callable[[], Any]] | None = None,
+    ) -> None:
         host, _, port = addr.rpartition(":")
         outer = self
 

@@ -126,9 +126,28 @@ class Keys:
     def queue_keys(self) -> list[str]:
         """Every fixed key of this queue (per-worker keys come from the `workers` registry)."""
         names = [
-            "todo_tasks", "in_progress_tasks", "finished_tasks", "failed_tasks", "task_fail_reason",
-            "worker_status", "todo_index", "todo_age", "in_progress_age", "task_meta", "claims",
-            "settled", "failed_final", "attempts", "reap_count", "terminal_count", "events", "stats",
-            "seq", "epoch", "workers", "stop_requested", "reap_lock",
-        ]  # fmt: skip
+            "todo_tasks",
+            "in_progress_tasks",
+            "finished_tasks",
+            "failed_tasks",
+            "task_fail_reason",
+            "worker_status",
+            "todo_index",
+            "todo_age",
+            "in_progress_age",
+            "task_meta",
+            "claims",
+            "settled",
+            "failed_final",
+            "attempts",
+            "reap_count",
+            "terminal_count",
+            "events",
+            "stats",
+            "seq",
+            "epoch",
+            "workers",
+            "stop_requested",
+            "reap_lock",
+        ]
         return [getattr(self, n) for n in names]

@@ -24,14 +24,34 @@ from distcomp_obs.task import read_task_file
 
 
 def _worker_argv(args: argparse.Namespace, url: str, name: str) -> list[str]:
-    argv = [sys.executable, "-m", "distcomp_obs", "worker", "--redis-url", url, "--name", name,
-            "--metrics-addr", args.metrics_addr or "127.0.0.1:0"]  # fmt: skip
-    passthrough = {"--prefix": args.prefix, "--config": args.config, "--concurrency": args.concurrency,
-                   "--prefetch": args.prefetch, "--polling": args.polling, "--poll-interval": args.poll_interval_s,
-                   "--variant": args.variant, "--max-retry-per-task": args.max_retry_per_task,
-                   "--task-timeout": args.task_timeout_s, "--min-free-dram-gb": args.min_free_dram_gb,
-                   "--heartbeat-interval": args.heartbeat_interval_s, "--lease": args.lease_s,
-                   "--reap-interval": args.reap_interval_s, "--grace-period": args.grace_period_s}  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "distcomp_obs",
+        "worker",
+        "--redis-url",
+        url,
+        "--name",
+        name,
+        "--metrics-addr",
+        args.metrics_addr or "127.0.0.1:0",
+    ]
+    passthrough = {
+        "--prefix": args.prefix,
+        "--config": args.config,
+        "--concurrency": args.concurrency,
+        "--prefetch": args.prefetch,
+        "--polling": args.polling,
+        "--poll-interval": args.poll_interval_s,
+        "--variant": args.variant,
+        "--max-retry-per-task": args.max_retry_per_task,
+        "--task-timeout": args.task_timeout_s,
+        "--min-free-dram-gb": args.min_free_dram_gb,
+        "--heartbeat-interval": args.heartbeat_interval_s,
+        "--lease": args.lease_s,
+        "--reap-interval": args.reap_interval_s,
+        "--grace-period": args.grace_period_s,
+    }
     for flag, value in passthrough.items():
         if value is not None:
             argv += [flag, str(value)]
@@ -73,8 +93,11 @@ def run_main(args: argparse.Namespace) -> int:
             q.reset()
         lines = [t.line for t in tasks]
         added = q.submit(lines)
-        print(f"{args.file}: {len(lines)} task(s), {added} added, {len(lines) - added} already known; "
-              f"starting {args.workers} worker(s)", file=sys.stderr)  # fmt: skip
+        print(
+            f"{args.file}: {len(lines)} task(s), {added} added, {len(lines) - added} already known; "
+            f"starting {args.workers} worker(s)",
+            file=sys.stderr,
+        )
         env = dict(os.environ, DISTCOMP_LOG_LEVEL=os.environ.get("DISTCOMP_LOG_LEVEL", "WARNING"))
         for i in range(args.workers):
             workers.append(subprocess.Popen(_worker_argv(args, url, f"local-{i + 1}"), env=env))
@@ -108,8 +131,10 @@ def run_main(args: argparse.Namespace) -> int:
             print(file=sys.stderr)
         report = audit(q, submitted=lines, expect_done=not interrupted)
         failed = q.list_state("failed")
-        print(f"\nsummary: {c['finished']} finished, {c['failed']} failed, {c['todo']} waiting, "
-              f"{(done - base_done) / max(elapsed, 1e-9):.1f} tasks/s over {elapsed:.1f}s")  # fmt: skip
+        print(
+            f"\nsummary: {c['finished']} finished, {c['failed']} failed, {c['todo']} waiting, "
+            f"{(done - base_done) / max(elapsed, 1e-9):.1f} tasks/s over {elapsed:.1f}s"
+        )
         for task, reason in sorted(failed.items()):
             print(f"  FAILED {task}\n         {reason.strip()[:300]}")
         print(report.summary())

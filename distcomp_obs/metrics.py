@@ -78,13 +78,15 @@ class WorkerMetrics:
         self.redis_roundtrip_seconds = hist(
             "distcomp_redis_roundtrip_seconds",
             "Wall time of one Redis round trip (single command, pipeline or script), by operation.",
-            ["op"], b["roundtrip"],
-        )  # fmt: skip
+            ["op"],
+            b["roundtrip"],
+        )
         self.redis_roundtrip_commands = hist(
             "distcomp_redis_roundtrip_commands",
             "Redis commands carried by one round trip (a script's inner calls count once): the batching signal.",
-            ["op"], COMMANDS_BUCKETS,
-        )  # fmt: skip
+            ["op"],
+            COMMANDS_BUCKETS,
+        )
         self.redis_errors = counter(
             "distcomp_redis_errors_total",
             "Redis round trips that failed, by operation and error kind.",
@@ -105,41 +107,53 @@ class WorkerMetrics:
             "distcomp_stale_reports_total", "Reports rejected because this worker no longer held the task's claim."
         )
         self.task_duration_seconds = hist(
-            "distcomp_task_duration_seconds", "Task run time in a slot, by type and outcome.",
-            ["type", "outcome"], b["duration"],
-        )  # fmt: skip
+            "distcomp_task_duration_seconds",
+            "Task run time in a slot, by type and outcome.",
+            ["type", "outcome"],
+            b["duration"],
+        )
         self.task_queue_wait_seconds = hist(
-            "distcomp_task_queue_wait_seconds", "Time from becoming claimable (submit or requeue) to claim.",
-            [], b["wait"],
-        )  # fmt: skip
+            "distcomp_task_queue_wait_seconds",
+            "Time from becoming claimable (submit or requeue) to claim.",
+            [],
+            b["wait"],
+        )
         self.task_buffer_wait_seconds = hist(
-            "distcomp_task_buffer_wait_seconds", "Time from claim to start: spent in the prefetch buffer.",
-            [], b["wait"],
-        )  # fmt: skip
+            "distcomp_task_buffer_wait_seconds",
+            "Time from claim to start: spent in the prefetch buffer.",
+            [],
+            b["wait"],
+        )
         self.task_pickup_delay_seconds = hist(
-            "distcomp_task_pickup_delay_seconds", "Time from becoming claimable to start (queue wait + buffer wait).",
-            [], b["wait"],
-        )  # fmt: skip
+            "distcomp_task_pickup_delay_seconds",
+            "Time from becoming claimable to start (queue wait + buffer wait).",
+            [],
+            b["wait"],
+        )
         self.buffer_occupancy_tasks = hist(
             "distcomp_buffer_occupancy_tasks",
             "Buffered tasks seen when a slot takes one (take; le=0 counts a slot finding it empty) or after a refill.",
-            ["event"], OCCUPANCY_BUCKETS,
-        )  # fmt: skip
+            ["event"],
+            OCCUPANCY_BUCKETS,
+        )
         self.buffer_tasks = gauge("distcomp_buffer_tasks", "Claimed tasks waiting in the local buffer.")
         self.buffer_capacity_tasks = gauge("distcomp_buffer_capacity_tasks", "Configured prefetch buffer size.")
         self.slots_busy = gauge("distcomp_slots_busy", "Slots running a task.")
         self.slots_total = gauge("distcomp_slots_total", "Slots (concurrency) of this worker.")
         self.poll_sleep_seconds = hist(
-            "distcomp_poll_sleep_seconds", "Every sleep or blocking wait of the fetch loop, by reason.",
-            ["reason"], b["sleep"],
-        )  # fmt: skip
+            "distcomp_poll_sleep_seconds",
+            "Every sleep or blocking wait of the fetch loop, by reason.",
+            ["reason"],
+            b["sleep"],
+        )
         self.last_claim_timestamp = gauge(
             "distcomp_worker_last_claim_timestamp_seconds", "Unix time of the last claim that returned a task."
         )
         self.worker_info = gauge(
-            "distcomp_worker_info", "Always 1: this worker's name, version and optimization flags.",
+            "distcomp_worker_info",
+            "Always 1: this worker's name, version and optimization flags.",
             ["worker", "version", "variant", "pipeline", "prefetch", "polling"],
-        )  # fmt: skip
+        )
         self._init_labels()
 
     def _init_labels(self) -> None:

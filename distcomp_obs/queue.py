@@ -83,11 +83,33 @@ class Queue:
     def _script_keys(self, worker: str = "-") -> list[str]:
         k = self.keys
         return [
-            k.todo_index, k.todo_tasks, k.todo_age, k.in_progress_tasks, k.in_progress_age, k.claims, k.settled,
-            k.finished_tasks, k.failed_tasks, k.task_fail_reason, k.failed_final, k.attempts, k.reap_count,
-            k.terminal_count, k.events, k.stats, k.task_meta, k.seq, k.epoch, k.workers, k.worker_status,
-            k.wake_channel, k.reap_lock, k.stop_requested, k.owned(worker), k.lease(worker),
-        ]  # fmt: skip
+            k.todo_index,
+            k.todo_tasks,
+            k.todo_age,
+            k.in_progress_tasks,
+            k.in_progress_age,
+            k.claims,
+            k.settled,
+            k.finished_tasks,
+            k.failed_tasks,
+            k.task_fail_reason,
+            k.failed_final,
+            k.attempts,
+            k.reap_count,
+            k.terminal_count,
+            k.events,
+            k.stats,
+            k.task_meta,
+            k.seq,
+            k.epoch,
+            k.workers,
+            k.worker_status,
+            k.wake_channel,
+            k.reap_lock,
+            k.stop_requested,
+            k.owned(worker),
+            k.lease(worker),
+        ]
 
     def _run(self, op: str, script: str, worker: str, args: Sequence[Any], extra_keys: Sequence[str] = ()) -> Any:
         keys = self._script_keys(worker) + list(extra_keys)
@@ -141,15 +163,31 @@ class Queue:
 
     # --- claim and report: pipelined (one atomic round trip each) --------------------------------
     def claim(self, worker: str, incarnation: str, n: int, limits: ClaimLimits) -> ClaimResult:
-        raw = self._run("claim", "claim", worker,
-                        [worker, incarnation, n, limits.free_dram_gb, limits.cpus, limits.window])  # fmt: skip
+        raw = self._run(
+            "claim", "claim", worker, [worker, incarnation, n, limits.free_dram_gb, limits.cpus, limits.window]
+        )
         return ClaimResult(raw[0] == 1, int(raw[1]), _claimed(raw[2:]))
 
-    def settle(self, worker: str, incarnation: str, reports: Sequence[Report], claim_n: int, limits: ClaimLimits,
-               max_retry: int) -> ClaimResult:  # fmt: skip
+    def settle(
+        self,
+        worker: str,
+        incarnation: str,
+        reports: Sequence[Report],
+        claim_n: int,
+        limits: ClaimLimits,
+        max_retry: int,
+    ) -> ClaimResult:
         """Record reports and claim up to claim_n more, atomically, in one round trip."""
-        args: list[Any] = [worker, incarnation, claim_n, limits.free_dram_gb, limits.cpus, limits.window, max_retry,
-                           len(reports)]  # fmt: skip
+        args: list[Any] = [
+            worker,
+            incarnation,
+            claim_n,
+            limits.free_dram_gb,
+            limits.cpus,
+            limits.window,
+            max_retry,
+            len(reports),
+        ]
         for rep in reports:
             args += [rep.task, rep.token, rep.outcome, rep.payload]
         op = "claim" if claim_n and not reports else "report"
@@ -173,8 +211,9 @@ class Queue:
         extra: list[str] = []
         for name in names:
             extra += [self.keys.lease(name), self.keys.owned(name)]
-        returned, failed = self._run("reap", "reap", "-", [uuid.uuid4().hex, lock_ms, max_tasks, max_reaps, *names],
-                                     extra)  # fmt: skip
+        returned, failed = self._run(
+            "reap", "reap", "-", [uuid.uuid4().hex, lock_ms, max_tasks, max_reaps, *names], extra
+        )
         return int(returned), int(failed)
 
     # --- claim and report: DistComp's protocol, one command per round trip ---------------------
@@ -299,8 +338,12 @@ class Queue:
 
     def list_state(self, state: str) -> dict[str, str]:
         """task -> detail for one state (todo: submit ms, in_progress: worker, finished: stdout, failed: reason)."""
-        key = {"todo": self.keys.todo_tasks, "in_progress": self.keys.in_progress_tasks,
-               "finished": self.keys.finished_tasks, "failed": self.keys.failed_final}[state]  # fmt: skip
+        key = {
+            "todo": self.keys.todo_tasks,
+            "in_progress": self.keys.in_progress_tasks,
+            "finished": self.keys.finished_tasks,
+            "failed": self.keys.failed_final,
+        }[state]
         return dict(self.r.hscan_iter(key, count=1000))
 
     def todo_in_order(self, limit: int | None = None) -> list[str]:
@@ -355,8 +398,16 @@ class Queue:
         for start in range(0, len(tasks), DELETE_BATCH):
             chunk = tasks[start : start + DELETE_BATCH]
             pipe = self.r.pipeline(transaction=True)
-            for key in (k.finished_tasks, k.task_meta, k.terminal_count, k.settled, k.attempts, k.failed_tasks,
-                        k.task_fail_reason, k.reap_count):  # fmt: skip
+            for key in (
+                k.finished_tasks,
+                k.task_meta,
+                k.terminal_count,
+                k.settled,
+                k.attempts,
+                k.failed_tasks,
+                k.task_fail_reason,
+                k.reap_count,
+            ):
                 pipe.hdel(key, *chunk)
             pipe.execute()
         return len(tasks)

@@ -108,8 +108,9 @@ def find_redis_server() -> str:
 class RedisServer:
     """A private redis-server process (unix socket and/or loopback port) for `run`, tests and bench."""
 
-    def __init__(self, port: int = 0, appendonly: bool = False, directory: str | None = None,
-                 extra_args: list[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, port: int = 0, appendonly: bool = False, directory: str | None = None, extra_args: list[str] | None = None
+    ) -> None:
         self.port = port
         self.appendonly = appendonly
         self._own_dir = directory is None
@@ -124,11 +125,27 @@ class RedisServer:
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         args = [
-            find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--unixsocket", self.socket,
-            "--unixsocketperm", "700", "--dir", self.dir, "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no", "--maxmemory-policy", "noeviction",
-            "--protected-mode", "yes", *self.extra_args,
-        ]  # fmt: skip
+            find_redis_server(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--unixsocket",
+            self.socket,
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            self.dir,
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--maxmemory-policy",
+            "noeviction",
+            "--protected-mode",
+            "yes",
+            *self.extra_args,
+        ]
         log = open(os.path.join(self.dir, "redis.log"), "ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s

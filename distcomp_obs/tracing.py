@@ -55,8 +55,12 @@ def send_span(queue: str, count: int) -> Iterator[str]:
     from opentelemetry import propagate, trace
 
     tracer = trace.get_tracer("distcomp_obs")
-    attributes = {"messaging.system": "distcomp", "messaging.operation.type": "send",
-                  "messaging.destination.name": queue, "messaging.batch.message_count": count}  # fmt: skip
+    attributes = {
+        "messaging.system": "distcomp",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": queue,
+        "messaging.batch.message_count": count,
+    }
     with tracer.start_as_current_span(f"send {queue}", kind=trace.SpanKind.PRODUCER, attributes=attributes):
         carrier: dict[str, str] = {}
         propagate.inject(carrier)

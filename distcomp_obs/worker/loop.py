@@ -114,12 +114,17 @@ class Worker:
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self.stopping.is_set():
-            log.warning("worker %s: second %s: returning every task and exiting now",
-                        self.name, signal.Signals(signum).name)  # fmt: skip
+            log.warning(
+                "worker %s: second %s: returning every task and exiting now", self.name, signal.Signals(signum).name
+            )
             self.hard_stop.set()
         else:
-            log.info("worker %s: %s: no more claims; returning buffered tasks, draining running ones "
-                     "(grace %gs)", self.name, signal.Signals(signum).name, self.s.grace_period_s)  # fmt: skip
+            log.info(
+                "worker %s: %s: no more claims; returning buffered tasks, draining running ones (grace %gs)",
+                self.name,
+                signal.Signals(signum).name,
+                self.s.grace_period_s,
+            )
         self.request_stop()
 
     def _register(self) -> None:
@@ -146,15 +151,24 @@ class Worker:
         except redis.ResponseError:  # CONFIG may be denied by an ACL: nothing to check then
             return
         if cfg.get("appendonly") != "yes":
-            log.warning("Redis persistence (appendonly) is off: a Redis restart loses the queue. "
-                        "Set appendonly yes for real runs (see README).")  # fmt: skip
+            log.warning(
+                "Redis persistence (appendonly) is off: a Redis restart loses the queue. "
+                "Set appendonly yes for real runs (see README)."
+            )
         if cfg.get("maxmemory-policy", "noeviction") != "noeviction":
-            log.warning("Redis maxmemory-policy is %s: Redis may evict queue records. Use noeviction.",
-                        cfg["maxmemory-policy"])  # fmt: skip
+            log.warning(
+                "Redis maxmemory-policy is %s: Redis may evict queue records. Use noeviction.", cfg["maxmemory-policy"]
+            )
 
     def _start_metrics(self) -> None:
-        labels = (self.name, __version__, self.variant, str(self.s.pipeline).lower(), str(self.s.prefetch),
-                  self.s.polling)  # fmt: skip
+        labels = (
+            self.name,
+            __version__,
+            self.variant,
+            str(self.s.pipeline).lower(),
+            str(self.s.prefetch),
+            self.s.polling,
+        )
         self.m.worker_info.labels(*labels).set(1)
         self.m.slots_total.set(self.s.concurrency)
         self.m.buffer_capacity_tasks.set(self.s.prefetch)
@@ -178,9 +192,17 @@ class Worker:
         log.info(
             "worker %s started: variant=%s pipeline=%s prefetch=%d polling=%s poll_interval=%gs concurrency=%d "
             "redis=%s prefix=%s metrics=%s",
-            self.name, self.variant, self.s.pipeline, self.s.prefetch, self.s.polling, self.s.poll_interval_s,
-            self.s.concurrency, redact_url(self.s.redis_url), self.s.prefix, self.metrics_url or "off",
-        )  # fmt: skip
+            self.name,
+            self.variant,
+            self.s.pipeline,
+            self.s.prefetch,
+            self.s.polling,
+            self.s.poll_interval_s,
+            self.s.concurrency,
+            redact_url(self.s.redis_url),
+            self.s.prefix,
+            self.metrics_url or "off",
+        )
 
     def _start_threads(self) -> None:
         targets = [(self._slot_loop, f"slot-{i}") for i in range(self.s.concurrency)]
@@ -329,8 +351,13 @@ class Worker:
                 self.finished += 1
             else:
                 self.failed += 1
-                log.info("worker %s: task %r failed (%s): %s", self.name, res.held.line,
-                         "for good" if code == FAILED_FINAL else "will retry elsewhere", res.outcome.output[:200])  # fmt: skip
+                log.info(
+                    "worker %s: task %r failed (%s): %s",
+                    self.name,
+                    res.held.line,
+                    "for good" if code == FAILED_FINAL else "will retry elsewhere",
+                    res.outcome.output[:200],
+                )
 
     def _accept(self, claimed: list[Any]) -> None:
         if not claimed:
@@ -357,8 +384,9 @@ class Worker:
 
     def _redis_down(self, exc: BaseException) -> None:
         if self.redis_ok:
-            log.error("worker %s: Redis unreachable (%s); tasks keep running, reports are held, retrying",
-                      self.name, exc)  # fmt: skip
+            log.error(
+                "worker %s: Redis unreachable (%s); tasks keep running, reports are held, retrying", self.name, exc
+            )
         self.redis_ok = False
         delay = 0.1
         while not self.hard_stop.is_set():
@@ -394,8 +422,11 @@ class Worker:
 
     def _lease_lost(self) -> None:
         if self.lease_ok:
-            log.error("worker %s: lease lost (another process took the name, or we were cut off too long); "
-                      "not claiming until it is back", self.name)  # fmt: skip
+            log.error(
+                "worker %s: lease lost (another process took the name, or we were cut off too long); "
+                "not claiming until it is back",
+                self.name,
+            )
         self.lease_ok = False
 
     # ------------------------------------------------------------------ slots
@@ -463,8 +494,9 @@ class Worker:
                 if self.hard_stop.is_set() and attempt > 2:
                     break
                 time.sleep(min(2.0, 0.05 * 2**attempt))
-        log.error("worker %s: could not return %d task(s); the reaper will once the lease expires",
-                  self.name, len(held))  # fmt: skip
+        log.error(
+            "worker %s: could not return %d task(s); the reaper will once the lease expires", self.name, len(held)
+        )
 
     # ------------------------------------------------------------------ heartbeat, reaper, memory
     def _status(self) -> dict[str, Any]:
@@ -472,14 +504,27 @@ class Worker:
         with self.running_lock:
             running = len(self.running)
         return {
-            "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), "version": __version__,
-            "cores": self.cores, "mem_total_gb": round(vm.total / GB, 2), "mem_available_gb": round(vm.available / GB, 2),
-            "concurrency": self.s.concurrency, "running": running, "buffered": len(self.buffer),
-            "finished": self.finished, "failed": self.failed, "variant": self.variant, "pipeline": self.s.pipeline,
-            "prefetch": self.s.prefetch, "polling": self.s.polling, "poll_interval_s": self.s.poll_interval_s,
-            "metrics_url": self.metrics_url, "incarnation": self.incarnation,
+            "time": time.time(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "cores": self.cores,
+            "mem_total_gb": round(vm.total / GB, 2),
+            "mem_available_gb": round(vm.available / GB, 2),
+            "concurrency": self.s.concurrency,
+            "running": running,
+            "buffered": len(self.buffer),
+            "finished": self.finished,
+            "failed": self.failed,
+            "variant": self.variant,
+            "pipeline": self.s.pipeline,
+            "prefetch": self.s.prefetch,
+            "polling": self.s.polling,
+            "poll_interval_s": self.s.poll_interval_s,
+            "metrics_url": self.metrics_url,
+            "incarnation": self.incarnation,
             "stopping": self.stopping.is_set(),
-        }  # fmt: skip
+        }
 
     def _heartbeat_once(self) -> None:
         state, epoch, stop = self.q.heartbeat(self.name, self.incarnation, int(self.s.lease_s * 1000), self._status())
@@ -488,14 +533,22 @@ class Worker:
             log.error("worker %s: another live process holds this name; stopping", self.name)
             self.request_stop()
         elif state == 0:
-            log.warning("worker %s: lease had expired (frozen or cut off?); re-taken. Tasks the reaper returned "
-                        "meanwhile will be rejected when reported", self.name)  # fmt: skip
+            log.warning(
+                "worker %s: lease had expired (frozen or cut off?); re-taken. Tasks the reaper returned "
+                "meanwhile will be rejected when reported",
+                self.name,
+            )
             self.lease_ok = True
         else:
             self.lease_ok = True
         if self.epoch and epoch != self.epoch:
-            log.critical("worker %s: the queue's epoch changed (%s -> %s): Redis restarted WITHOUT its data. "
-                         "Tasks submitted before are gone; enable appendonly.", self.name, self.epoch, epoch)  # fmt: skip
+            log.critical(
+                "worker %s: the queue's epoch changed (%s -> %s): Redis restarted WITHOUT its data. "
+                "Tasks submitted before are gone; enable appendonly.",
+                self.name,
+                self.epoch,
+                epoch,
+            )
             self.epoch = epoch or self.q.ensure_epoch()
         if stop and float(stop) > self.started_at and not self.stopping.is_set():
             log.info("worker %s: stop requested by `distcomp stop-workers`: draining", self.name)
@@ -512,8 +565,9 @@ class Worker:
                 if now >= next_reap:
                     returned, failed = self.q.reap(max_reaps=self.s.max_reaps)
                     if returned > 0 or failed > 0:
-                        log.warning("reaper: returned %d task(s) of dead workers, failed %d poison task(s)",
-                                    returned, failed)  # fmt: skip
+                        log.warning(
+                            "reaper: returned %d task(s) of dead workers, failed %d poison task(s)", returned, failed
+                        )
                     next_reap = now + self.s.reap_interval_s * self.rng.uniform(0.8, 1.2)
             except REDIS_DOWN:
                 next_beat = now + min(1.0, self.s.heartbeat_interval_s)
@@ -534,8 +588,13 @@ class Worker:
                 return
             held, running = max(self.running.values(), key=lambda pair: pair[0].started_at)
         if not running.kill_reason:
-            log.warning("worker %s: free memory %.2f GB below the floor %.2f GB: killing and returning the newest "
-                        "task %r", self.name, available, self.s.min_free_dram_gb, held.line)  # fmt: skip
+            log.warning(
+                "worker %s: free memory %.2f GB below the floor %.2f GB: killing and returning the newest task %r",
+                self.name,
+                available,
+                self.s.min_free_dram_gb,
+                held.line,
+            )
             running.kill("memory_pressure")
 
     def _wake_listener(self) -> None:

@@ -90,8 +90,14 @@ def run_task(task: Task, running: Running, timeout_s: float, output_limit: int) 
             return Outcome(False, f"cannot split python params: {exc}")
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                    start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         except OSError as exc:
             return Outcome(False, f"cannot start task: {exc}")
         running.process = proc
@@ -105,8 +111,9 @@ def run_task(task: Task, running: Running, timeout_s: float, output_limit: int) 
         if running.kill_reason and running.kill_reason != "timeout":
             return Outcome(False, f"killed by the worker ({running.kill_reason})", running.kill_reason)
         if running.kill_reason == "timeout":
-            return Outcome(False, f"timed out after {timeout_s:g}s (task_timeout_s); stderr: "
-                                  f"{_read(err, output_limit, tail=True)}")  # fmt: skip
+            return Outcome(
+                False, f"timed out after {timeout_s:g}s (task_timeout_s); stderr: {_read(err, output_limit, tail=True)}"
+            )
         if code == 0:
             return Outcome(True, _read(out, output_limit, tail=False))
         cause = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
