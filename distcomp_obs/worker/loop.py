@@ -32,7 +32,7 @@ from distcomp_obs import __version__
 from distcomp_obs.config import Settings
 from distcomp_obs.errors import RedisUnavailable, WorkerNameTaken
 from distcomp_obs.httpd import MetricsServer
-from distcomp_obs.metrics import WorkerMetrics
+from distcomp_obs.metrics import OUTCOMES, TASK_TYPES, WorkerMetrics
 from distcomp_obs.queue import DUPLICATE, FAILED_FINAL, FINISHED, RETRIED, STALE, ClaimLimits, Queue, Report
 from distcomp_obs.redis_io import RoundTrips, connect, redact_url
 from distcomp_obs.task import Task, TaskType, parse_line
@@ -45,6 +45,8 @@ GB = 1024**3
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
 #: most reports sent in one round trip (a long script blocks Redis for everyone)
 MAX_REPORT_BATCH = 500
+#: a lone result waits at most this long for others to share its report round trip
+REPORT_COALESCE_S = 0.005
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Result:
     held: Held
     outcome: Outcome
     duration_s: float
+    done_at: float = 0.0  # time.monotonic() when the slot finished it
 
 
 class Worker:
@@ -67,6 +70,9 @@ class Worker:
             self.registry = None
         self.m = WorkerMetrics(self.registry if settings.metrics else None)
         self.rt = RoundTrips(self.m)
+        # labelled children bound once: labels() costs more than the observation on the hot path
+        self._completed = {(t, o): self.m.tasks_completed.labels(t, o) for t in TASK_TYPES for o in OUTCOMES}
+        self._duration = {(t, o): self.m.task_duration_seconds.labels(t, o) for t in TASK_TYPES for o in OUTCOMES}
         self.client = connect(settings.redis_url)
         self.q = Queue(self.client, settings.prefix, self.rt)
         self.buffer = PrefetchBuffer()
@@ -255,7 +261,7 @@ class Worker:
             fetch_due = self.s.polling == "adaptive" or time.monotonic() - last_fetch >= self.s.poll_interval_s
             if want and not fetch_due:
                 want = 0
-            if want or self.unsent:
+            if want or self._reports_due():
                 if want and time.monotonic() - limits_at > 0.5:  # psutil costs ~20 us: not every cycle
                     limits, limits_at = self._limits(), time.monotonic()
                 try:
@@ -277,9 +283,19 @@ class Worker:
                 claimed, remaining = 0, -1
             self._wait(self._next_wait(want, claimed, remaining, misses, last_fetch))
 
+    def _reports_due(self) -> bool:
+        """Send results now, or let a few more join them in one round trip?"""
+        if not self.unsent:
+            return False
+        if not self.s.pipeline or self.stopping.is_set() or len(self.unsent) >= max(16, self.s.concurrency):
+            return True
+        return time.monotonic() - self.unsent[0].done_at >= REPORT_COALESCE_S
+
     def _next_wait(self, want: int, claimed: int, remaining: int, misses: int, last_fetch: float) -> Wait:
         if not self.results.empty():
             return NO_WAIT
+        if self.unsent:  # coalescing reports: come back when the oldest is due
+            return Wait(REPORT_COALESCE_S, "")  # not a poll sleep: not recorded
         if want == 0:
             if self.s.polling == "fixed" and self._capacity_wanted():
                 return fixed_wait(self.s.poll_interval_s, time.monotonic() - last_fetch)
@@ -295,7 +311,8 @@ class Worker:
             return
         start = time.perf_counter()
         self.attention.wait(wait.seconds)
-        self.m.poll_sleep_seconds.labels(wait.reason).observe(time.perf_counter() - start)
+        if wait.reason:
+            self.m.poll_sleep_seconds.labels(wait.reason).observe(time.perf_counter() - start)
 
     def _round_trip(self, want: int, limits: ClaimLimits) -> tuple[int, int]:
         """Report what finished and claim `want` more. Returns (claimed, tasks still queued)."""
@@ -345,8 +362,8 @@ class Worker:
             if code == DUPLICATE:
                 continue
             outcome = {FINISHED: "finished", FAILED_FINAL: "failed", RETRIED: "retried"}[code]
-            self.m.tasks_completed.labels(kind, outcome).inc()
-            self.m.task_duration_seconds.labels(kind, outcome).observe(res.duration_s)
+            self._completed[kind, outcome].inc()
+            self._duration[kind, outcome].observe(res.duration_s)
             if code == FINISHED:
                 self.finished += 1
             else:
@@ -477,7 +494,7 @@ class Worker:
         if outcome.killed_for:
             self._return([held], outcome.killed_for)
         else:
-            self.results.put(Result(held, outcome, duration))
+            self.results.put(Result(held, outcome, duration, time.monotonic()))
         self.attention.set()
 
     def _return(self, held: list[Held], reason: str) -> None:
