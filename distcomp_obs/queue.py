@@ -58,6 +58,17 @@ class Report:
     payload: str  # stdout on success, the reason on failure
 
 
+@dataclass(slots=True)
+class Snapshot:
+    """Queue-level state read at once (the exporter's scrape)."""
+
+    counts: dict[str, int]  # todo, in_progress (buffered + running), finished, failed (for good)
+    stats: dict[str, int]  # the Redis-kept counters: submitted, claimed, finished, failed, ...
+    oldest_age_s: dict[str, float | None]  # todo, in_progress; None when empty
+    workers: dict[str, dict[str, Any]]  # registered workers: last status + "live" (lease alive)
+    server_time_s: float
+
+
 #: report codes, as returned by report_one in lib.lua
 FINISHED, FAILED_FINAL, RETRIED, DUPLICATE, STALE = 1, 2, 3, 0, -1
 
@@ -336,6 +347,46 @@ class Queue:
             "in_progress": (now_ms - running[0][1]) / 1000 if running else None,
         }
 
+    def snapshot(self) -> Snapshot:
+        """What the exporter serves, in two pipelined round trips of O(1) + O(workers) commands:
+        lengths (ZCARD/HLEN), the Redis-kept counters, the head of each age index and the
+        registry. Nothing here walks the tasks, so a 1,000,000-task queue costs the same."""
+        k = self.keys
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcard(k.todo_index)
+        pipe.hlen(k.in_progress_tasks)
+        pipe.hlen(k.finished_tasks)
+        pipe.hlen(k.failed_final)
+        pipe.hgetall(k.stats)
+        pipe.time()
+        pipe.zrange(k.todo_age, 0, 0, withscores=True)
+        pipe.zrange(k.in_progress_age, 0, 0, withscores=True)
+        pipe.smembers(k.workers)
+        todo, running, finished, failed, stats, (sec, usec), oldest_todo, oldest_running, names = pipe.execute()
+        now_s = sec + usec / 1e6
+        workers: dict[str, dict[str, Any]] = {}
+        names = sorted(names)
+        if names:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hmget(k.worker_status, names)
+            for name in names:
+                pipe.pttl(k.lease(name))
+            statuses, *ttls = pipe.execute()
+            for name, raw, ttl in zip(names, statuses, ttls, strict=True):
+                info = json.loads(raw) if raw else {}
+                info["live"] = ttl > 0
+                workers[name] = info
+        return Snapshot(
+            counts={"todo": todo, "in_progress": running, "finished": finished, "failed": failed},
+            stats={name: int(v) for name, v in stats.items()},
+            oldest_age_s={
+                "todo": max(0.0, now_s - oldest_todo[0][1] / 1000) if oldest_todo else None,
+                "in_progress": max(0.0, now_s - oldest_running[0][1] / 1000) if oldest_running else None,
+            },
+            workers=workers,
+            server_time_s=now_s,
+        )
+
     def list_state(self, state: str) -> dict[str, str]:
         """task -> detail for one state (todo: submit ms, in_progress: worker, finished: stdout, failed: reason)."""
         key = {
@@ -374,6 +425,19 @@ class Queue:
     def fail_reasons(self, tasks: Sequence[str]) -> list[str | None]:
         return list(self.r.hmget(self.keys.task_fail_reason, list(tasks))) if tasks else []
 
+    def last_event_id(self) -> str:
+        """ID of the newest terminal-transition event ('0-0' if none): a starting point for wait_event."""
+        last = self.r.xrevrange(self.keys.events, count=1)
+        return str(last[0][0]) if last else "0-0"
+
+    def wait_event(self, after_id: str, timeout_ms: int) -> tuple[str, dict[str, str]] | None:
+        """Block until a task reaches a terminal state after `after_id` (the bench's pickup probe)."""
+        got = self.r.xread({self.keys.events: after_id}, count=1, block=timeout_ms)
+        if not got:
+            return None
+        event_id, fields = got[0][1][0]
+        return str(event_id), dict(fields)
+
     # --- manager operations -------------------------------------------------------------------
     def retry_failed(self) -> int:
         """Put every failed-for-good task back in todo with a clean failure history."""
@@ -385,8 +449,8 @@ class Queue:
             for key in (k.failed_final, k.failed_tasks, k.attempts, k.reap_count, k.terminal_count, k.settled):
                 pipe.hdel(key, *chunk)
             pipe.hdel(k.task_meta, *chunk)
-            pipe.hincrby(k.stats, "failed", -len(chunk))
-            pipe.hincrby(k.stats, "submitted", -len(chunk))
+            # The stats counters are never decremented: the exporter serves them as Prometheus
+            # counters, and a decrease reads as a reset. A retry counts as a new submission.
             pipe.execute()
             self.submit(chunk)
         return len(tasks)
