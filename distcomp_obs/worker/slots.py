@@ -31,7 +31,21 @@ except OSError:  # not Linux
 
 def _die_with_parent() -> None:
     if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+# PDEATHSIG reaches only the direct child, so a task's own children (`sh -c "a; b"` forks them)
+# outlived a kill -9'd worker (tests/test_faults.py F1). The direct child is therefore a tiny sh
+# guard: on the worker's death it gets SIGTERM and kills its whole process group (the task's
+# session), then the task. A task killed by a fatal signal is re-raised so the worker still sees
+# "killed by signal N", not exit code 128+N. $PPID inside a shell task is still the worker.
+_GUARD = (
+    'trap "kill -KILL 0" TERM; {run} & wait $!; s=$?; '
+    "case $s in 129|130|131|132|134|135|136|137|139|141|143|152) trap - TERM; kill -$((s - 128)) $$;; esac; "
+    "exit $s"
+)
+_SHELL_GUARD = _GUARD.format(run='c=$1; shift; eval "$c"')  # a forked subshell: no extra exec
+_EXEC_GUARD = _GUARD.format(run='"$@"')
 
 
 @dataclass
@@ -82,10 +96,10 @@ def run_task(task: Task, running: Running, timeout_s: float, output_limit: int) 
     if task.type is TaskType.BUILTIN:
         return _run_builtin(task, running, timeout_s)
     if task.type is TaskType.SHELL:
-        argv = ["/bin/sh", "-c", task.params]
+        argv = ["/bin/sh", "-c", _SHELL_GUARD, "distcomp-task", task.params]
     else:
         try:
-            argv = [sys.executable, *shlex.split(task.params)]
+            argv = ["/bin/sh", "-c", _EXEC_GUARD, "distcomp-task", sys.executable, *shlex.split(task.params)]
         except ValueError as exc:
             return Outcome(False, f"cannot split python params: {exc}")
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
