@@ -91,6 +91,11 @@ local function requeue(task, owned_key, now)
     return 0
   end
   release(task, owned_key)
+  -- A finished/failed record without terminal_count (the commit point) is a report the
+  -- unpipelined protocol wrote before crashing: uncommitted, so drop it, or the re-run would
+  -- leave the task in two states (found by the crash-point test in tests/test_faults.py).
+  redis.call('HDEL', K.finished, task)
+  redis.call('HDEL', K.failed_final, task)
   redis.call('ZADD', K.todo_index, score_of(task), task)
   redis.call('HSET', K.todo_tasks, task, now)
   redis.call('ZADD', K.todo_age, now, task)
