@@ -1,0 +1,578 @@
+"""Fault matrix (docs/RELIABILITY.md): real redis-server and worker processes, sub-second leases.
+
+Every test is bounded (pytest-timeout plus wait_until deadlines, no fixed sleeps for timing
+assertions) and ends with the package's own audit: every submitted task finished or failed for
+good, recorded exactly once, nothing stranded. Tasks append their id to an executions log, so
+duplicate executions are counted and bounded by what was running or held at the fault.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from distcomp_obs.queue import ClaimLimits, Queue, Report
+from distcomp_obs.redis_io import RedisServer, connect
+from tests.conftest import FAST, WorkerProc, distcomp_argv, free_port, require, wait_until
+from tests.fault_tools import (
+    FaultProxy,
+    assert_audit,
+    executions,
+    logged_task,
+    metric,
+    scrape,
+    wait_done,
+)
+
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(90)]
+StartWorker = Callable[..., WorkerProc]
+
+
+def running_count(log: Path) -> int:
+    return sum(executions(log).values())
+
+
+def held_by(queue: Queue, worker: str) -> set[str]:
+    return queue.owned(worker)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# ---------------------------------------------------------------- worker crashes
+
+
+def test_kill9_mid_task_reaped_and_rerun_no_orphans(queue: Queue, start_worker: StartWorker, tmp_path: Path) -> None:
+    """F1: kill -9 while tasks run. The lease expires, the reaper returns them, another worker
+    finishes them; the killed worker's task processes (and their children) die with it."""
+    log = tmp_path / "exec.log"
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    # Each task starts a grandchild (sleep in the background) and records its pid: PDEATHSIG on
+    # the direct child alone would leave it running.
+    first = "[ -e {m} ] || {{ touch {m}; sleep 30 & echo $! > {p}; wait; }}"
+    tasks = [f"shell:1:0:0:echo {i} >> {log}; " + first.format(m=f"{log}.m{i}", p=pids / str(i)) for i in range(2)]
+    tasks += [logged_task(i, log) for i in range(2, 6)]
+    queue.submit(tasks)
+    w1 = start_worker("--concurrency", "2", "--prefetch", "0")
+    wait_until(lambda: len(list(pids.iterdir())) == 2, 20, what="two long tasks running with grandchildren")
+    grandchildren = [int(p.read_text()) for p in pids.iterdir()]
+    w1.kill9()
+    wait_until(lambda: not any(alive(p) for p in grandchildren), 10, what="task processes die with their worker")
+    w2 = start_worker("--concurrency", "2")
+    wait_done(queue, len(tasks))
+    counts = executions(log)
+    assert all(counts[str(i)] >= 1 for i in range(6))
+    assert sum(counts.values()) - 6 <= 2, counts  # duplicates bounded by the 2 running at the kill
+    assert w2.stop() == 0
+    assert_audit(queue, tasks)
+
+
+def test_kill9_with_full_prefetch_buffer(queue: Queue, start_worker: StartWorker, tmp_path: Path) -> None:
+    """F2: one slot busy, 8 tasks buffered, kill -9: all come back via the reaper; the buffered
+    ones ran exactly once."""
+    log = tmp_path / "exec.log"
+    tasks = [logged_task(0, log, first_run_s=30, priority=9)] + [logged_task(i, log) for i in range(1, 9)]
+    queue.submit(tasks)
+    w1 = start_worker("--concurrency", "1", "--prefetch", "8")
+    wait_until(lambda: len(held_by(queue, "w1")) == 9 and executions(log)["0"] == 1, 20, what="buffer full")
+    assert running_count(log) == 1  # only the slot's task started
+    w1.kill9()
+    wait_until(lambda: not queue.workers()["w1"]["live"], 10, what="lease expired")
+    start_worker("--concurrency", "2", "--prefetch", "4")
+    wait_done(queue, len(tasks))
+    counts = executions(log)
+    assert [counts[str(i)] for i in range(1, 9)] == [1] * 8, counts
+    assert counts["0"] == 2  # the running one ran again
+    assert_audit(queue, tasks)
+
+
+class Crash(BaseException):
+    """Raised by an instrumented Queue to stop a protocol step dead, as a kill -9 would."""
+
+
+def _crashing_queue(redis_url: str, prefix: str, after: int) -> Queue:
+    q = Queue(connect(redis_url), prefix)
+    calls = {"n": 0}
+    one = q._one
+
+    def counted(op: str, fn: object, *args: object, **kwargs: object) -> object:
+        if calls["n"] >= after:
+            raise Crash(f"crashed before command {after}")
+        calls["n"] += 1
+        return one(op, fn, *args, **kwargs)
+
+    q._one = counted  # type: ignore[method-assign]
+    return q
+
+
+@pytest.mark.parametrize("outcome", ["finished", "failed"])
+def test_crash_between_every_step_of_unpipelined_claim_and_report(
+    queue: Queue, redis_url: str, prefix: str, outcome: str
+) -> None:
+    """F3: DistComp's protocol (--no-pipeline) issues one command per round trip. Crash the
+    claiming worker before each of those commands in turn (claim, then report), let its lease
+    lapse, reap, and have a healthy worker finish: no crash point strands or double-records."""
+    limits = ClaimLimits(free_dram_gb=64, cpus=8)
+    step = 0
+    while True:
+        task = f"builtin:1:0:0:noop crashpoint-{outcome}-{step}"
+        queue.submit([task])
+        victim = f"victim{step}"
+        q = _crashing_queue(redis_url, prefix, after=step)
+        assert q.acquire_lease(victim, f"{victim}.inc", 60_000)
+        q.heartbeat(victim, f"{victim}.inc", 60_000, {})
+        completed = False
+        try:
+            claimed = q.claim_unpipelined(victim, f"{victim}.inc", limits)
+            assert claimed.tasks, "the victim should claim the task"
+            rep = Report(task, claimed.tasks[0].token, outcome, "out" if outcome == "finished" else "boom")
+            q.report_unpipelined(victim, rep, max_retry=0)
+            completed = True
+        except Crash:
+            pass
+        # The victim is dead: its lease lapses (deleted here instead of waiting), the reaper runs.
+        queue.r.delete(queue.keys.lease(victim))
+        queue.reap()
+        survivor = "survivor"
+        if not queue.lease_holder(survivor)[0]:
+            queue.acquire_lease(survivor, "s.inc", 60_000)
+            queue.heartbeat(survivor, "s.inc", 60_000, {})
+        while queue.todo_in_order():
+            got = queue.claim(survivor, "s.inc", 10, limits)
+            assert got.tasks, f"crash point {step}: task neither terminal nor claimable: {queue.counts()}"
+            reports = [Report(c.task, c.token, "finished", "ok") for c in got.tasks]
+            queue.settle(survivor, "s.inc", reports, 0, limits, max_retry=0)
+        report = assert_audit(queue, [task], expect_done=True)
+        assert report.counts["in_progress"] == 0
+        if completed:
+            break
+        step += 1
+    assert step > 10  # every command of both protocols was a crash point
+
+
+def test_kill9_unpipelined_worker_at_random_points(queue: Queue, start_worker: StartWorker, tmp_path: Path) -> None:
+    """F3 with real processes: kill -9 --no-pipeline workers (one command per round trip, so a
+    kill lands between protocol steps) repeatedly while they churn through quick tasks."""
+    log = tmp_path / "exec.log"
+    tasks = [logged_task(i, log) for i in range(60)]
+    queue.submit(tasks)
+    kills = 0
+    for round_ in range(6):
+        w = start_worker("--no-pipeline", "--polling", "fixed", "--poll-interval", "0", "--concurrency", "2",
+                         name=f"np{round_}")  # fmt: skip
+        before = running_count(log)
+        wait_until(lambda b=before: running_count(log) > b + 2, 20, what="worker making progress")
+        w.kill9()
+        kills += 1
+    start_worker("--no-pipeline", "--polling", "fixed", "--poll-interval", "0", name="finisher")
+    wait_done(queue, len(tasks), timeout=40)
+    counts = executions(log)
+    assert all(counts[str(i)] >= 1 for i in range(60))
+    assert sum(counts.values()) - 60 <= 2 * kills, counts  # at most the running tasks of each kill
+    assert_audit(queue, tasks)
+
+
+# ---------------------------------------------------------------- signals
+
+
+def test_sigterm_returns_buffer_in_one_round_trip_and_drains(
+    queue: Queue, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    """F4: SIGTERM with 2 running and 8 buffered: the 8 go back at once (one `return` round
+    trip), the running ones finish, exit 0; nothing ran twice."""
+    log = tmp_path / "exec.log"
+    gate = tmp_path / "gate"
+    slow = [logged_task(i, log, priority=9, extra=f"; while [ ! -e {gate} ]; do sleep 0.05; done") for i in range(2)]
+    quick = [logged_task(i, log) for i in range(2, 10)]
+    queue.submit(slow + quick)
+    w1 = start_worker("--concurrency", "2", "--prefetch", "8")
+    wait_until(lambda: len(held_by(queue, "w1")) == 10 and running_count(log) == 2, 20, what="2 running, 8 held")
+    returns_before = metric(scrape(queue, "w1"), "distcomp_redis_roundtrip_seconds_count", op="return")
+    w1.signal(signal.SIGTERM)
+    wait_until(lambda: queue.counts()["todo"] == 8, 10, what="buffered tasks returned")
+    assert held_by(queue, "w1") == set(slow)  # running ones still held while they drain
+    returns = metric(scrape(queue, "w1"), "distcomp_redis_roundtrip_seconds_count", op="return")
+    assert returns - returns_before == 1
+    gate.touch()
+    assert w1.wait(15) == 0
+    assert set(queue.list_state("finished")) == set(slow)
+    start_worker("--concurrency", "2")
+    wait_done(queue, 10)
+    assert executions(log) == {str(i): 1 for i in range(10)}
+    assert_audit(queue, slow + quick)
+
+
+def test_sigterm_past_grace_period_kills_and_returns(queue: Queue, start_worker: StartWorker, tmp_path: Path) -> None:
+    """F5: a task outliving the grace period is killed and returned (not failed)."""
+    log = tmp_path / "exec.log"
+    tasks = [logged_task(0, log, first_run_s=60)]
+    queue.submit(tasks)
+    w1 = start_worker("--concurrency", "1", "--grace-period", "1")
+    wait_until(lambda: running_count(log) == 1, 20, what="task running")
+    t0 = time.monotonic()
+    w1.signal(signal.SIGTERM)
+    assert w1.wait(15) == 0
+    assert time.monotonic() - t0 < 10
+    assert queue.counts()["todo"] == 1 and not queue.list_state("failed")
+    assert "killed by the worker" not in str(queue.r.hgetall(queue.keys.task_fail_reason))
+    start_worker()
+    wait_done(queue, 1)
+    assert set(queue.list_state("finished")) == set(tasks)
+    assert_audit(queue, tasks)
+
+
+def test_double_sigint_returns_everything_and_exits_now(
+    queue: Queue, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    """F5: the second SIGINT skips the drain: running tasks are killed and returned at once."""
+    log = tmp_path / "exec.log"
+    tasks = [logged_task(i, log, first_run_s=60) for i in range(2)]
+    tasks += [logged_task(i, log) for i in range(2, 6)]
+    queue.submit(tasks)
+    w1 = start_worker("--concurrency", "2", "--prefetch", "4", "--grace-period", "60")
+    wait_until(lambda: running_count(log) == 2, 20, what="two running")
+    t0 = time.monotonic()
+    w1.signal(signal.SIGINT)
+    wait_until(lambda: queue.counts()["todo"] >= 4, 10, what="buffer returned after the first SIGINT")
+    w1.signal(signal.SIGINT)
+    assert w1.wait(15) == 0
+    assert time.monotonic() - t0 < 15  # far below the 60 s grace period
+    assert queue.counts()["todo"] == 6 and queue.counts()["in_progress"] == 0
+    start_worker("--concurrency", "2")
+    wait_done(queue, len(tasks))
+    assert_audit(queue, tasks)
+
+
+# ---------------------------------------------------------------- Redis faults
+
+
+@pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """AOF with fsync on every write: a kill -9 of Redis loses nothing acknowledged."""
+    server = RedisServer(port=free_port(), appendonly=True, directory=str(tmp_path / "redis"),
+                         extra_args=["--appendfsync", "always"]).start()  # fmt: skip
+    yield server
+    server.cleanup()
+
+
+def _queue_on(url: str, prefix: str) -> Queue:
+    return Queue(connect(url), prefix)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "kill9"])
+def test_redis_restart_with_aof_loses_nothing(
+    durable_redis: RedisServer, prefix: str, start_worker: StartWorker, tmp_path: Path, how: str
+) -> None:
+    """F6: Redis restarts (graceful, and kill -9 with appendfsync always) under load: workers
+    survive, reconnect, and every task ends recorded exactly once."""
+    q = _queue_on(durable_redis.url, prefix)
+    log = tmp_path / "exec.log"
+    tasks = [logged_task(i, log, first_run_s=0.3) for i in range(40)]
+    q.submit(tasks)
+    ws = [start_worker("--concurrency", "2", "--prefetch", "4", url=durable_redis.url) for _ in range(2)]
+    wait_until(lambda: running_count(log) >= 6, 20, what="work under way")
+    durable_redis.stop(kill=how == "kill9")
+    durable_redis.start()
+    q = _queue_on(durable_redis.url, prefix)
+    wait_done(q, len(tasks), timeout=40)
+    assert all(w.proc.poll() is None for w in ws), "a worker exited on the Redis restart"
+    assert any("Redis unreachable" in w.log() for w in ws)
+    assert all(w.stop() == 0 for w in ws)
+    assert_audit(q, tasks)
+
+
+@pytest.mark.parametrize("fault", ["refused", "frozen"])
+def test_redis_unreachable_then_back(
+    durable_redis: RedisServer, prefix: str, start_worker: StartWorker, tmp_path: Path, fault: str
+) -> None:
+    """F8 (shortened to ~6 s; the production lease is 15 s): Redis refuses connections (stopped)
+    or is frozen (SIGSTOP, so requests time out). Workers wait with capped backoff, keep their
+    tasks running, log the outage once, and finish everything when Redis is back."""
+    q = _queue_on(durable_redis.url, prefix)
+    log = tmp_path / "exec.log"
+    tasks = [logged_task(i, log, first_run_s=0.5) for i in range(20)]
+    q.submit(tasks)
+    ws = [start_worker("--concurrency", "2", "--prefetch", "2", url=durable_redis.url) for _ in range(2)]
+    wait_until(lambda: running_count(log) >= 4, 20, what="work under way")
+    assert durable_redis.process is not None
+    pid = durable_redis.process.pid
+    if fault == "refused":
+        durable_redis.stop()
+    else:
+        os.kill(pid, signal.SIGSTOP)
+    # The outage: wait until every worker has noticed it (bounded), then keep it ~6 s in all.
+    t0 = time.monotonic()
+    wait_until(lambda: all("Redis unreachable" in w.log() for w in ws), 15, 0.1, what="workers see the outage")
+    wait_until(lambda: time.monotonic() - t0 > 6, 10, 0.2)
+    if fault == "refused":
+        durable_redis.start()
+    else:
+        os.kill(pid, signal.SIGCONT)
+    q = _queue_on(durable_redis.url, prefix)
+    wait_done(q, len(tasks), timeout=40)
+    for w in ws:
+        assert w.proc.poll() is None, w.log()
+        assert w.log().count("Redis unreachable") == 1, "the outage is logged once, not per attempt"
+        assert "Redis reachable again" in w.log()
+    assert all(w.stop() == 0 for w in ws)
+    assert_audit(q, tasks)
+
+
+def test_latency_spike_through_proxy_no_false_reaping(
+    redis_server: RedisServer, queue: Queue, prefix: str, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    """F10: every command delayed by 150 ms (lease 1 s, heartbeat 0.2 s): slower, but no worker
+    is reaped and nothing runs twice."""
+    proxy = FaultProxy(redis_server.port).start()
+    try:
+        log = tmp_path / "exec.log"
+        tasks = [logged_task(i, log) for i in range(30)]
+        queue.submit(tasks)
+        proxy.delay_s = 0.15
+        start_worker("--concurrency", "2", "--prefetch", "4", url=proxy.url)
+        start_worker("--concurrency", "2", "--prefetch", "4", url=proxy.url)
+        wait_done(queue, len(tasks), timeout=40)
+        assert executions(log) == {str(i): 1 for i in range(30)}
+        assert int(queue.stats().get("reaped", 0)) == 0
+        assert_audit(queue, tasks)
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("pattern", [b"claim", b"report"])
+def test_lost_reply_is_reconciled(
+    redis_server: RedisServer, queue: Queue, start_worker: StartWorker, tmp_path: Path, pattern: bytes
+) -> None:
+    """F11: the proxy forwards a settle (claim / report+claim) script call but cuts the
+    connection before its reply. The worker reconciles: tasks it claimed without knowing are
+    returned at once (not left owned by a live worker), and a re-sent report is a duplicate,
+    not a second record."""
+    proxy = FaultProxy(redis_server.port).start()
+    try:
+        log = tmp_path / "exec.log"
+        tasks = [logged_task(i, log) for i in range(20)]
+        w = start_worker("--concurrency", "2", "--prefetch", "4", "--polling", "fixed", "--poll-interval", "0.5",
+                         url=proxy.url)  # fmt: skip
+        wait_until(lambda: "w1" in queue.workers(), 10, what="worker registered")
+        # Every settle call carries "claim" (the key name ..:claims); reports carry "finished".
+        proxy.drop_reply_on = b"finished" if pattern == b"report" else b"claims"
+        queue.submit(tasks)
+        wait_until(lambda: proxy.dropped == 1, 20, what="a reply dropped")
+        wait_done(queue, len(tasks), timeout=30)
+        assert "Redis unreachable" in w.log()
+        assert_audit(queue, tasks)
+    finally:
+        proxy.stop()
+
+
+# ---------------------------------------------------------------- partitions, names, clocks
+
+
+def test_frozen_worker_late_reports_rejected_as_stale(queue: Queue, start_worker: StartWorker, tmp_path: Path) -> None:
+    """F9: a worker cut off longer than its lease (SIGSTOP): the reaper returns its tasks, another
+    worker runs them; when it wakes, its late reports are rejected and counted as stale."""
+    log = tmp_path / "exec.log"
+    tasks = [logged_task(i, log, first_run_s=1.5) for i in range(2)]
+    queue.submit(tasks)
+    a = start_worker("--concurrency", "2", "--prefetch", "0", name="a")
+    wait_until(lambda: running_count(log) == 2, 20, what="a runs both")
+    a.signal(signal.SIGSTOP)
+    try:
+        b = start_worker("--concurrency", "2", name="b")
+        wait_done(queue, 2, timeout=20)  # reaped from a, run by b (fast on the second run)
+    finally:
+        a.signal(signal.SIGCONT)
+    wait_until(lambda: int(queue.stats().get("stale_reports", 0)) == 2, 15, what="a's two reports rejected")
+    assert "rejected" in a.log()
+    assert metric(scrape(queue, "a"), "distcomp_stale_reports_total") == 2
+    assert a.stop() == 0 and b.stop() == 0
+    assert_audit(queue, tasks)
+
+
+def test_duplicate_worker_name_refused(queue: Queue, start_worker: StartWorker) -> None:
+    """F13: a second live worker with the same name exits non-zero with a clear message; the
+    first is unaffected."""
+    first = start_worker(name="dup")
+    wait_until(lambda: "dup" in queue.workers(), 10, what="first registered")
+    second = start_worker(name="dup")
+    assert second.wait(15) != 0
+    assert "worker name 'dup' is held by a live worker" in second.log()
+    assert "Traceback" not in second.log()
+    assert first.proc.poll() is None
+    tasks = ["builtin:1:0:0:noop dup"]
+    queue.submit(tasks)
+    wait_done(queue, 1)
+    assert first.stop() == 0
+    assert_audit(queue, tasks)
+
+
+def test_zombie_same_name_worker_is_fenced(queue: Queue, start_worker: StartWorker, tmp_path: Path) -> None:
+    """F14: w1 freezes past its lease, a new w1 starts (returns what the old one held and
+    re-claims it); the old w1 wakes: it must stop, its reports are fenced, and it must not
+    disturb the records of the new w1 that holds the same tasks under the same name."""
+    log = tmp_path / "exec.log"
+    tasks = [logged_task(i, log, first_run_s=2) for i in range(2)] + [logged_task(i, log) for i in range(2, 6)]
+    queue.submit(tasks)
+    old = start_worker("--concurrency", "2", "--prefetch", "4", name="w1")
+    wait_until(lambda: running_count(log) == 2 and len(held_by(queue, "w1")) == 6, 20, what="old w1 holds 6")
+    old.signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: queue.lease_holder("w1")[0] is None, 10, what="old lease expired")
+        new = start_worker("--concurrency", "1", "--prefetch", "0", name="w1")
+        wait_until(lambda: running_count(log) >= 3, 20, what="new w1 working")
+    finally:
+        old.signal(signal.SIGCONT)
+    assert old.wait(20) == 0  # sees the name taken, stops
+    assert "another live process holds this name" in old.log()
+    wait_done(queue, len(tasks), timeout=30)
+    assert new.stop() == 0
+    assert_audit(queue, tasks)
+
+
+def test_restart_same_name_returns_previous_tasks_without_reaper(
+    queue: Queue, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    """F15: kill -9 w1 and restart it at once under the same name (reaper effectively off):
+    the new incarnation returns what the old one held."""
+    log = tmp_path / "exec.log"
+    tasks = [logged_task(i, log, first_run_s=30) for i in range(2)] + [logged_task(i, log) for i in range(2, 5)]
+    queue.submit(tasks)
+    slow_reaper = ["--lease", "1", "--reap-interval", "60", "--heartbeat-interval", "0.2"]
+    w1 = start_worker("--concurrency", "2", "--prefetch", "3", *slow_reaper, name="w1", fast=False)
+    wait_until(lambda: running_count(log) == 2, 20, what="running")
+    w1.kill9()
+    wait_until(lambda: queue.lease_holder("w1")[0] is None, 10, what="lease expired")
+    w1b = start_worker("--concurrency", "2", *slow_reaper, name="w1", fast=False)
+    wait_done(queue, len(tasks))
+    assert "held by its previous run" in w1b.log()
+    assert_audit(queue, tasks)
+
+
+def _faketime() -> str:
+    path = shutil.which("faketime")
+    require(path is not None, "faketime (apt-get install faketime)")
+    assert path is not None
+    return path
+
+
+@pytest.mark.parametrize("skew", ["-10m", "+10m"])
+@pytest.mark.parametrize("pipeline", ["--pipeline", "--no-pipeline"])
+def test_clock_skew_on_one_worker(
+    queue: Queue, redis_url: str, prefix: str, start_worker: StartWorker, tmp_path: Path, skew: str, pipeline: str
+) -> None:
+    """F12: one worker's clock is 10 minutes off. Leases and liveness use the Redis server's
+    clock, so nobody is reaped early or kept alive late, nothing runs twice, and a failure on
+    the skewed worker is still retried on the healthy one."""
+    faketime = _faketime()
+    log = tmp_path / "exec.log"
+    tasks = [logged_task(i, log) for i in range(20)]
+    # fails on the skewed worker only (it has the env var), so it must be retried on the other
+    tasks.append(f'shell:5:0:0:[ -z "$SKEWED" ] && echo {tmp_path}')
+    argv = [faketime, "-f", f"{skew[0]}{int(skew[1:-1]) * 60}s", *distcomp_argv(
+        "worker", "--redis-url", redis_url, "--prefix", prefix, "--name", "skewed", *FAST, pipeline,
+        "--concurrency", "2")]  # fmt: skip
+    skewed = WorkerProc(argv, tmp_path / "skewed.log", {**os.environ, "SKEWED": "1"})
+    try:
+        wait_until(lambda: "skewed" in queue.workers(), 15, what="skewed worker registered")
+        normal = start_worker(pipeline, "--concurrency", "2")
+        wait_until(lambda: "w1" in queue.workers(), 15, what="normal worker registered")
+        queue.submit(tasks)
+        wait_done(queue, len(tasks))
+        assert executions(log) == {str(i): 1 for i in range(20)}
+        assert int(queue.stats().get("reaped", 0)) == 0
+        assert set(queue.list_state("finished")) == set(tasks), queue.list_state("failed")
+        assert skewed.stop() == 0 and normal.stop() == 0
+    finally:
+        skewed.close()
+    assert_audit(queue, tasks)
+
+
+# ---------------------------------------------------------------- task faults
+
+
+def test_task_needing_more_memory_than_exists_is_never_claimed(queue: Queue, start_worker: StartWorker) -> None:
+    """F17a: min_dram_gb above the machine's memory: no worker claims it; others run."""
+    huge = "builtin:9:100000:0:noop huge"
+    small = [f"builtin:1:0:0:noop {i}" for i in range(5)]
+    queue.submit([huge, *small])
+    w = start_worker("--concurrency", "2")
+    wait_until(lambda: queue.counts()["finished"] == 5, 20, what="small tasks done")
+    assert queue.list_state("todo").keys() == {huge}
+    assert w.stop() == 0
+    assert_audit(queue, [huge, *small], expect_done=False)
+    # It is still a queued task, nothing lost: a manager can see it in `status --todo`.
+    assert queue.todo_in_order() == [huge]
+
+
+def test_memory_floor_kills_and_returns_newest_task(queue: Queue, start_worker: StartWorker, tmp_path: Path) -> None:
+    """F17b: --min-free-dram-gb just above what is free: the worker kills its newest running
+    task and returns it (not a failure); a worker without the floor then finishes it."""
+    log = tmp_path / "exec.log"
+    tasks = [logged_task(0, log, first_run_s=30)]
+    queue.submit(tasks)
+    floor = psutil.virtual_memory().available / 1024**3 + 2
+    w = start_worker("--concurrency", "1", "--prefetch", "0", "--min-free-dram-gb", f"{floor:.2f}")
+    wait_until(lambda: "killing and returning the newest task" in w.log(), 20, what="memory-floor kill")
+    wait_until(lambda: metric(scrape(queue, "w1"), "distcomp_tasks_returned_total", reason="memory_pressure") >= 1,
+               10, what="returned for memory pressure")  # fmt: skip
+    assert not queue.list_state("failed")
+    assert w.stop() == 0
+    start_worker(name="roomy")
+    wait_done(queue, 1)
+    assert set(queue.list_state("finished")) == set(tasks)
+    assert_audit(queue, tasks)
+
+
+def test_task_timeout_kills_hanging_task(queue: Queue, start_worker: StartWorker, tmp_path: Path) -> None:
+    """A task hanging past --task-timeout is killed (with its children) and failed for good
+    with a reason."""
+    hang = f"shell:1:0:0:sleep 60 & echo $! > {tmp_path}/child; wait"
+    queue.submit([hang])
+    w = start_worker("--task-timeout", "1", "--max-retry-per-task", "0")
+    wait_done(queue, 1, timeout=20)
+    reason = queue.list_state("failed")[hang]
+    assert "timed out after 1s" in reason
+    assert not alive(int((tmp_path / "child").read_text()))
+    assert w.stop() == 0
+    assert_audit(queue, [hang])
+
+
+@pytest.mark.parametrize("same_name", [False, True], ids=["new-names", "same-name"])
+def test_poison_task_that_kills_its_worker_fails_for_good(
+    queue: Queue, start_worker: StartWorker, tmp_path: Path, same_name: bool
+) -> None:
+    """F16: a task that kill -9s its worker every time. Workers are restarted as a supervisor
+    would (new names, or the same name as systemd with the host name would); after max_reaps
+    deaths the task is failed for good with a reason, and the other tasks still finish."""
+    poison = "shell:9:0:0:kill -9 $PPID; sleep 5"
+    others = [f"builtin:1:0:0:noop {i}" for i in range(5)]
+    queue.submit([poison, *others])
+    deaths = 0
+    for attempt in range(6):
+        w = start_worker("--concurrency", "1", "--prefetch", "0", "--lease", "0.6", name="p" if same_name else None)
+        try:
+            code = w.wait(15)
+        except subprocess.TimeoutExpired:
+            break  # it lives: the poison task is gone
+        assert code == -signal.SIGKILL, w.log()
+        deaths += 1
+        if not same_name:  # a new name: the reaper returns the task once the lease lapses
+            wait_until(lambda: not queue.owned(f"w{attempt + 1}"), 10, what="reaped")  # noqa: B023
+    wait_done(queue, 6, timeout=20)
+    reason = queue.list_state("failed").get(poison, "")
+    assert "worker died while running it 3 times" in reason, queue.list_state("failed")
+    assert deaths == 3
+    assert_audit(queue, [poison, *others])
