@@ -1,0 +1,227 @@
+"""The claim protocol on a real Redis, pipelined (Lua) and DistComp-style (one command per round trip)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from distcomp_obs.audit import audit
+from distcomp_obs.queue import DUPLICATE, FAILED_FINAL, FINISHED, RETRIED, STALE, ClaimLimits, Queue, Report
+
+ROOMY = ClaimLimits(free_dram_gb=64.0, cpus=8.0)
+
+
+def register(q: Queue, name: str) -> str:
+    incarnation = f"{name}.inc"
+    assert q.acquire_lease(name, incarnation, 60_000)
+    q.heartbeat(name, incarnation, 60_000, {"time": 0})
+    return incarnation
+
+
+def claim(q: Queue, name: str, n: int, pipelined: bool, limits: ClaimLimits = ROOMY) -> list[tuple[str, str]]:
+    inc = f"{name}.inc"
+    if pipelined:
+        return [(c.task, c.token) for c in q.claim(name, inc, n, limits).tasks]
+    got = []
+    for _ in range(n):
+        result = q.claim_unpipelined(name, inc, limits)
+        if not result.tasks:
+            break
+        got += [(c.task, c.token) for c in result.tasks]
+    return got
+
+
+def report(q: Queue, name: str, rep: Report, pipelined: bool, max_retry: int = 2) -> int:
+    if pipelined:
+        return q.settle(name, f"{name}.inc", [rep], 0, ROOMY, max_retry).report_codes[0]
+    return q.report_unpipelined(name, rep, max_retry)
+
+
+both = pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "unpipelined"])
+
+
+def test_submit_dedups_identical_and_known_lines(queue: Queue) -> None:
+    assert queue.submit(["shell:1:0:0:a", "shell:1:0:0:a", "shell:1:0:0:b"]) == 2
+    assert queue.submit(["shell:1:0:0:a", "shell:1:0:0:c"]) == 1
+    assert queue.counts()["todo"] == 3
+
+
+@both
+def test_claim_order_is_priority_then_fifo(queue: Queue, pipelined: bool) -> None:
+    register(queue, "w")
+    queue.submit(["shell:1:0:0:low-a", "shell:9:0:0:high-a", "shell:5:0:0:mid", "shell:9:0:0:high-b",
+                  "shell:1:0:0:low-b"])  # fmt: skip
+    got = [t for t, _ in claim(queue, "w", 5, pipelined)]
+    assert got == ["shell:9:0:0:high-a", "shell:9:0:0:high-b", "shell:5:0:0:mid", "shell:1:0:0:low-a",
+                   "shell:1:0:0:low-b"]  # fmt: skip
+
+
+@both
+def test_claim_skips_tasks_that_do_not_fit_memory_or_cores(queue: Queue, pipelined: bool) -> None:
+    register(queue, "w")
+    queue.submit(["shell:9:100:0:huge", "shell:8:0:16:wide", "shell:1:1:1:small"])
+    got = claim(queue, "w", 3, pipelined, ClaimLimits(free_dram_gb=4, cpus=2))
+    assert [t for t, _ in got] == ["shell:1:1:1:small"]
+    assert queue.counts()["todo"] == 2
+
+
+def test_concurrent_claims_never_hand_out_a_task_twice(queue: Queue) -> None:
+    queue.submit([f"builtin:1:0:0:noop {i}" for i in range(600)])
+    names = [f"w{i}" for i in range(6)]
+    for name in names:
+        register(queue, name)
+    got: dict[str, list[str]] = {n: [] for n in names}
+
+    def grab(name: str, pipelined: bool) -> None:
+        while True:
+            batch = claim(queue, name, 7, pipelined)
+            if not batch:
+                return
+            got[name] += [t for t, _ in batch]
+
+    threads = [threading.Thread(target=grab, args=(n, i % 2 == 0)) for i, n in enumerate(names)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    everything = [t for tasks in got.values() for t in tasks]
+    assert len(everything) == 600 and len(set(everything)) == 600
+    assert sum(1 for tasks in got.values() if tasks) >= 2  # they really competed
+
+
+@both
+def test_finished_report_is_recorded_once_and_a_retried_report_is_idempotent(queue: Queue, pipelined: bool) -> None:
+    register(queue, "w")
+    queue.submit(["shell:1:0:0:echo hi"])
+    [(task, token)] = claim(queue, "w", 1, pipelined)
+    assert report(queue, "w", Report(task, token, "finished", "hi\n"), pipelined) == FINISHED
+    assert report(queue, "w", Report(task, token, "finished", "hi\n"), pipelined) == DUPLICATE
+    assert queue.list_state("finished") == {task: "hi\n"}
+    assert audit(queue, [task], expect_done=True).ok
+
+
+@both
+def test_stale_report_is_rejected_and_counted(queue: Queue, pipelined: bool) -> None:
+    register(queue, "w1")
+    register(queue, "w2")
+    queue.submit(["shell:1:0:0:slow"])
+    [(task, old_token)] = claim(queue, "w1", 1, pipelined)
+    queue.requeue("w1", [(task, old_token)])  # e.g. the reaper gave it back
+    [(_, new_token)] = claim(queue, "w2", 1, pipelined)
+    assert report(queue, "w1", Report(task, old_token, "finished", "late"), pipelined) == STALE
+    assert queue.stats()["stale_reports"] == 1
+    assert report(queue, "w2", Report(task, new_token, "finished", "ok"), pipelined) == FINISHED
+    assert queue.list_state("finished") == {task: "ok"}
+    assert audit(queue, [task], expect_done=True).ok
+
+
+@both
+def test_failed_task_is_retried_elsewhere_never_on_the_same_worker(queue: Queue, pipelined: bool) -> None:
+    for name in ("w1", "w2", "w3"):
+        register(queue, name)
+    queue.submit(["shell:1:0:0:flaky"])
+    [(task, token)] = claim(queue, "w1", 1, pipelined)
+    assert report(queue, "w1", Report(task, token, "failed", "boom 1"), pipelined, max_retry=2) == RETRIED
+    assert claim(queue, "w1", 1, pipelined) == []  # never again on w1
+    [(_, token)] = claim(queue, "w2", 1, pipelined)
+    assert report(queue, "w2", Report(task, token, "failed", "boom 2"), pipelined, max_retry=2) == RETRIED
+    [(_, token)] = claim(queue, "w3", 1, pipelined)
+    assert report(queue, "w3", Report(task, token, "failed", "boom 3"), pipelined, max_retry=2) == FAILED_FINAL
+    assert queue.list_state("failed") == {task: "boom 3"}
+    assert audit(queue, [task], expect_done=True).ok
+
+
+@both
+def test_failure_is_final_when_no_other_live_worker_could_retry(queue: Queue, pipelined: bool) -> None:
+    register(queue, "only")
+    queue.submit(["shell:1:0:0:bad"])
+    [(task, token)] = claim(queue, "only", 1, pipelined)
+    assert report(queue, "only", Report(task, token, "failed", "nope"), pipelined, max_retry=5) == FAILED_FINAL
+    assert "failed on every live worker" in queue.list_state("failed")[task] or not pipelined
+    assert audit(queue, [task], expect_done=True).ok
+
+
+def test_reaper_returns_tasks_of_a_worker_whose_lease_expired(queue: Queue) -> None:
+    register(queue, "dead")
+    queue.submit(["shell:2:0:0:a", "shell:1:0:0:b"])
+    claim(queue, "dead", 2, True)
+    assert queue.reap() == (0, 0)  # lease alive: nothing to do
+    queue.r.delete(queue.keys.lease("dead"))
+    assert queue.reap() == (2, 0)
+    assert queue.todo_in_order() == ["shell:2:0:0:a", "shell:1:0:0:b"]  # original order kept
+    assert audit(queue).ok
+
+
+def test_a_task_that_keeps_killing_its_worker_fails_for_good(queue: Queue) -> None:
+    queue.submit(["shell:1:0:0:poison"])
+    for i in range(3):
+        register(queue, f"victim{i}")
+        assert claim(queue, f"victim{i}", 1, True)
+        queue.r.delete(queue.keys.lease(f"victim{i}"))
+        queue.reap(max_reaps=3)
+    assert "worker died while running it 3 times" in queue.list_state("failed")["shell:1:0:0:poison"]
+    assert audit(queue, ["shell:1:0:0:poison"], expect_done=True).ok
+
+
+def test_unpipelined_claim_abandoned_midway_is_recovered_by_the_reaper(queue: Queue) -> None:
+    """DistComp's own claim loses a task if the worker dies between HDEL and HSET; ours writes
+    the owned set first, so any prefix of the steps leaves something the reaper can return."""
+    register(queue, "crash")
+    queue.submit(["shell:1:0:0:x"])
+    k = queue.keys
+    queue.r.sadd(k.owned("crash"), "shell:1:0:0:x")
+    queue.r.zrem(k.todo_index, "shell:1:0:0:x")  # ... and the worker dies here
+    queue.r.delete(k.lease("crash"))
+    assert queue.reap()[0] == 1
+    assert queue.todo_in_order() == ["shell:1:0:0:x"]
+    assert audit(queue).ok
+
+
+def test_lease_is_exclusive(queue: Queue) -> None:
+    assert queue.acquire_lease("same", "a", 60_000)
+    assert not queue.acquire_lease("same", "b", 60_000)
+    holder, ttl = queue.lease_holder("same")
+    assert holder == "a" and ttl > 0
+
+
+def test_claim_cost_does_not_grow_with_the_queue(queue: Queue) -> None:
+    """O(batch), not O(queue): the claim script's inner commands do not depend on queue length."""
+    register(queue, "w")
+
+    def commands_for_one_claim() -> int:
+        before = sum(v["calls"] for v in queue.r.info("commandstats").values())
+        claim(queue, "w", 10, True)
+        return sum(v["calls"] for v in queue.r.info("commandstats").values()) - before
+
+    queue.submit([f"builtin:1:0:0:noop {i}" for i in range(100)])
+    small = commands_for_one_claim()
+    queue.submit([f"builtin:1:0:0:noop big {i}" for i in range(50_000)])
+    assert commands_for_one_claim() <= small + 2  # +INFO noise
+
+
+def test_reset_deletes_only_this_queue(queue: Queue, redis_url: str) -> None:
+    from distcomp_obs.redis_io import connect
+
+    other = Queue(connect(redis_url), queue.keys.prefix + "other:")
+    other.submit(["shell:1:0:0:keep me"])
+    register(queue, "w")
+    queue.submit(["shell:1:0:0:x"])
+    claim(queue, "w", 1, True)
+    queue.reset()
+    assert queue.r.exists(queue.keys.todo_index, queue.keys.owned("w"), queue.keys.lease("w")) == 0
+    assert other.counts()["todo"] == 1
+    other.reset()
+
+
+def test_retry_failed_and_purge_finished(queue: Queue) -> None:
+    register(queue, "w")
+    queue.submit(["shell:1:0:0:good", "shell:1:0:0:bad"])
+    for task, token in claim(queue, "w", 2, True):
+        outcome = "finished" if "good" in task else "failed"
+        report(queue, "w", Report(task, token, outcome, "x"), True, max_retry=0)
+    assert queue.retry_failed() == 1
+    assert queue.todo_in_order() == ["shell:1:0:0:bad"]
+    assert queue.purge_finished() == 1
+    assert queue.submit(["shell:1:0:0:good"]) == 1  # forgotten, so it can run again
+    assert audit(queue).ok
