@@ -11,7 +11,22 @@ from typing import Any
 def add_commands(
     sub: Any, common: Callable[[argparse.ArgumentParser], None], worker_flags: Callable[[argparse.ArgumentParser], None]
 ) -> None:
-    del common, worker_flags  # `run` is built in cli.py; the others add their parsers here
+    del worker_flags  # `run` is built in cli.py; the others add their parsers here
+    p = sub.add_parser(
+        "exporter", help="queue metrics from Redis at scrape time, and HTTP service discovery of the workers"
+    )
+    p.add_argument(
+        "--redis-url", help="redis://[user:pass@]host:port/db, rediss://..., unix:///path (env DISTCOMP_REDIS_URL)"
+    )
+    p.add_argument(
+        "--prefix",
+        action="append",
+        help="key prefix of a queue to watch; repeat or comma-separate for several (default distcomp:)",
+    )
+    p.add_argument("--config", help="YAML settings file (DistComp's conf.json accepted)")
+    p.add_argument("--metrics-addr", help="HOST:PORT for /metrics, /sd and /healthz (default 127.0.0.1:9711)")
+    p.add_argument("--log-level")
+    del common
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -20,4 +35,20 @@ def _run(args: argparse.Namespace) -> int:
     return run_main(args)
 
 
-HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"run": _run}
+def _exporter(args: argparse.Namespace) -> int:
+    import logging
+
+    from distcomp_obs.cli import settings_from
+    from distcomp_obs.exporter import DEFAULT_ADDR, Exporter, parse_prefixes
+
+    # Settings validate the URL and read DISTCOMP_* from the environment; --prefix is a list here,
+    # so it is kept out of them. The worker's metrics_addr default (port 0) is not the exporter's.
+    prefixes, addr = args.prefix, args.metrics_addr
+    settings = settings_from(argparse.Namespace(**{**vars(args), "prefix": None, "metrics_addr": None}))
+    if args.log_level:
+        logging.getLogger().setLevel(settings.log_level)
+    exporter = Exporter(settings.redis_url, parse_prefixes(prefixes, settings.prefix), addr or DEFAULT_ADDR)
+    return exporter.run()
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"run": _run, "exporter": _exporter}

@@ -146,6 +146,7 @@ class RedisServer:
             "yes",
             *self.extra_args,
         ]
+        os.makedirs(self.dir, exist_ok=True)  # a caller-given directory may not exist yet
         log = open(os.path.join(self.dir, "redis.log"), "ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
