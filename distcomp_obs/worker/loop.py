@@ -28,7 +28,7 @@ import psutil
 import redis
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from distcomp_obs import __version__
+from distcomp_obs import __version__, tracing
 from distcomp_obs.config import Settings
 from distcomp_obs.errors import RedisUnavailable, WorkerNameTaken
 from distcomp_obs.httpd import MetricsServer
@@ -55,6 +55,7 @@ class Result:
     outcome: Outcome
     duration_s: float
     done_at: float = 0.0  # time.monotonic() when the slot finished it
+    trace: tracing.TaskTrace | None = None  # its spans, when tracing is on
 
 
 class Worker:
@@ -75,6 +76,10 @@ class Worker:
         self._duration = {(t, o): self.m.task_duration_seconds.labels(t, o) for t in TASK_TYPES for o in OUTCOMES}
         self.client = connect(settings.redis_url)
         self.q = Queue(self.client, settings.prefix, self.rt)
+        # None when tracing is off: the hot paths then pay one `is None` test per task (DESIGN §5).
+        self.tracer = tracing.WorkerTracer(settings.prefix) if tracing.enabled() else None
+        if self.tracer is not None:
+            self.rt.exemplar = self.tracer.exemplar
         self.buffer = PrefetchBuffer()
         self.results: stdqueue.SimpleQueue[Result] = stdqueue.SimpleQueue()
         self.unsent: list[Result] = []  # results whose report has not reached Redis yet
@@ -90,6 +95,7 @@ class Worker:
         self.epoch: str | None = None
         self.finished = self.failed = 0
         self.cores = os.cpu_count() or 1
+        self.available_gb = psutil.virtual_memory().available / GB
         self.rng = random.Random()
         self.metrics_server: MetricsServer | None = None
         self.metrics_url = ""
@@ -234,13 +240,13 @@ class Worker:
         return max(0, self.s.prefetch + free_slots - buffered)
 
     def _limits(self) -> ClaimLimits:
-        if self._memory_bound_tasks():
-            available = psutil.virtual_memory().available / GB - self.s.min_free_dram_gb
-            reserved = sum(h.task.min_dram_gb for h in self._held_unstarted())
-            free = max(0.0, available - reserved)
-        else:
-            free = float(psutil.virtual_memory().available / GB - self.s.min_free_dram_gb)
-        return ClaimLimits(free_dram_gb=max(0.0, free), cpus=float(self.cores))
+        """Memory a claim may take: free memory above the floor, less what buffered tasks will need.
+        Below the floor nothing is claimed (-1 fits no task, not even one needing 0 GB)."""
+        available = psutil.virtual_memory().available / GB - self.s.min_free_dram_gb
+        if available < 0:
+            return ClaimLimits(free_dram_gb=-1.0, cpus=float(self.cores))
+        reserved = sum(h.task.min_dram_gb for h in self._held_unstarted()) if self._memory_bound_tasks() else 0.0
+        return ClaimLimits(free_dram_gb=max(0.0, available - reserved), cpus=float(self.cores))
 
     def _memory_bound_tasks(self) -> bool:
         return any(h.task.min_dram_gb > 0 for h in self._held_unstarted())
@@ -319,7 +325,8 @@ class Worker:
         batch = self.unsent[:MAX_REPORT_BATCH]
         if self.s.pipeline:
             reports = [self._report_of(r) for r in batch]
-            result = self.q.settle(self.name, self.incarnation, reports, want, limits, self.s.max_retry_per_task)
+            settle = self.q.settle if self.tracer is None else self.tracer.wrap(self.q.settle, [r.trace for r in batch])
+            result = settle(self.name, self.incarnation, reports, want, limits, self.s.max_retry_per_task)
             del self.unsent[: len(batch)]
             self._account(batch, result.report_codes)
             if not result.lease_ok:
@@ -329,12 +336,18 @@ class Worker:
             return len(result.tasks), result.remaining
         while self.unsent:  # DistComp: one report at a time, one command per round trip
             res = self.unsent[0]
-            code = self.q.report_unpipelined(self.name, self._report_of(res), self.s.max_retry_per_task)
+            report = self.q.report_unpipelined
+            if self.tracer is not None:
+                report = self.tracer.wrap(report, [res.trace], pipelined=False)
+            code = report(self.name, self._report_of(res), self.s.max_retry_per_task)
             self.unsent.pop(0)
             self._account([res], [code])
         claimed, remaining = 0, 0
+        claim = self.q.claim_unpipelined
+        if self.tracer is not None:
+            claim = self.tracer.wrap(claim, [], pipelined=False)
         for _ in range(want):
-            result = self.q.claim_unpipelined(self.name, self.incarnation, limits)
+            result = claim(self.name, self.incarnation, limits)
             remaining = result.remaining
             if not result.lease_ok:
                 self._lease_lost()
@@ -363,7 +376,8 @@ class Worker:
                 continue
             outcome = {FINISHED: "finished", FAILED_FINAL: "failed", RETRIED: "retried"}[code]
             self._completed[kind, outcome].inc()
-            self._duration[kind, outcome].observe(res.duration_s)
+            ex = None if res.trace is None else res.trace.exemplar  # links the bucket to the process span
+            self._duration[kind, outcome].observe(res.duration_s, ex)
             if code == FINISHED:
                 self.finished += 1
             else:
@@ -448,14 +462,16 @@ class Worker:
 
     # ------------------------------------------------------------------ slots
     def _fits(self, task: Task) -> bool:
+        """DistComp's admission: memory above the floor (read by the heartbeat thread every
+        0.25 s, not per task) and, when tasks declare cores, no more cores than the machine has."""
+        if task.min_dram_gb > 0 or self.s.min_free_dram_gb > 0:
+            if task.min_dram_gb > self.available_gb - self.s.min_free_dram_gb:
+                return False
         if task.min_cpu > 0:
             with self.running_lock:
                 used = sum(h.task.min_cpu for h, _ in self.running.values())
             if used + task.min_cpu > self.cores and used > 0:
                 return False
-        if task.min_dram_gb > 0:
-            available = psutil.virtual_memory().available / GB - self.s.min_free_dram_gb
-            return task.min_dram_gb <= available
         return True
 
     def _slot_loop(self) -> None:
@@ -481,6 +497,7 @@ class Worker:
         submitted = held.meta.get("submitted_ms")
         if submitted:
             self.m.task_pickup_delay_seconds.observe(max(0.0, held.started_at - submitted / 1000))
+        tt = None if self.tracer is None else self.tracer.start_process(held)  # spans start with the task
         start = time.perf_counter()
         try:
             outcome = run_task(held.task, running, self.s.task_timeout_s, self.s.output_limit_bytes)
@@ -488,13 +505,17 @@ class Worker:
             log.exception("worker %s: error running %r", self.name, held.line)
             outcome = Outcome(False, f"worker error: {exc!r}")
         duration = time.perf_counter() - start
+        if tt is not None and self.tracer is not None:
+            self.tracer.ran(tt, outcome.ok, outcome.output)
         with self.running_lock:
             self.running.pop(held.token, None)
             self.m.slots_busy.set(len(self.running))
         if outcome.killed_for:
             self._return([held], outcome.killed_for)
+            if tt is not None and self.tracer is not None:
+                self.tracer.returned(tt, outcome.killed_for)
         else:
-            self.results.put(Result(held, outcome, duration, time.monotonic()))
+            self.results.put(Result(held, outcome, duration, time.monotonic(), tt))
         self.attention.set()
 
     def _return(self, held: list[Held], reason: str) -> None:
@@ -595,10 +616,8 @@ class Worker:
             self.stopped.wait(0.25)
 
     def _watch_memory(self) -> None:
-        if not self.s.min_free_dram_gb:
-            return
-        available = psutil.virtual_memory().available / GB
-        if available >= self.s.min_free_dram_gb:
+        self.available_gb = available = psutil.virtual_memory().available / GB
+        if not self.s.min_free_dram_gb or available >= self.s.min_free_dram_gb:
             return
         with self.running_lock:
             if not self.running:

@@ -1,0 +1,149 @@
+"""Real `distcomp worker` processes against a real Redis: semantics of each optimization and of
+every flag combination. Nothing here asserts a speed; waits are bounded conditions."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from distcomp_obs.audit import audit
+from distcomp_obs.queue import Queue
+from tests.conftest import WorkerProc, run_cli, wait_until
+
+StartWorker = Callable[..., WorkerProc]
+
+
+def drained(q: Queue) -> bool:
+    c = q.counts()
+    return c["todo"] == 0 and c["in_progress"] == 0
+
+
+def mixed_tasks(tmp_path: Path, tag: str) -> list[str]:
+    out = tmp_path / f"out-{tag}"
+    return [f"builtin:1:0:0:noop {tag} {i}" for i in range(40)] + [
+        f"builtin:3:0:0:sleep 0.05 {tag}",
+        f"builtin:2:0:0:fail {tag}",
+        f"shell:5:0:0:echo {tag} >> {out}",
+        "python:4:0:0:examples/square.py 9",
+        f"shell:1:0:0:echo oops-{tag} >&2; exit 4",
+    ]
+
+
+FLAGS = list(itertools.product([True, False], [0, 8], ["adaptive", "fixed"]))
+
+
+@pytest.mark.parametrize(("pipeline", "prefetch", "polling"), FLAGS,
+                         ids=[f"{'pipe' if p else 'nopipe'}-pf{n}-{m}" for p, n, m in FLAGS])  # fmt: skip
+def test_every_flag_combination_drains_a_mixed_queue(queue: Queue, start_worker: StartWorker, tmp_path: Path,
+                                                     pipeline: bool, prefetch: int, polling: str) -> None:  # fmt: skip
+    tasks = mixed_tasks(tmp_path, "m")
+    queue.submit(tasks)
+    flags = ["--pipeline" if pipeline else "--no-pipeline", "--prefetch", str(prefetch), "--polling", polling,
+             "--poll-interval", "0.01", "--concurrency", "2", "--max-retry-per-task", "1"]  # fmt: skip
+    workers = [start_worker(*flags, name="a"), start_worker(*flags, name="b")]
+    wait_until(lambda: drained(queue), timeout=60, what="queue drained")
+    report = audit(queue, tasks, expect_done=True)
+    assert report.ok, report.summary()
+    failed = queue.list_state("failed")
+    assert set(failed) == {"builtin:2:0:0:fail m", "shell:1:0:0:echo oops-m >&2; exit 4"}
+    assert "exit code 4" in failed["shell:1:0:0:echo oops-m >&2; exit 4"]
+    assert "oops-m" in failed["shell:1:0:0:echo oops-m >&2; exit 4"]
+    assert queue.list_state("finished")["python:4:0:0:examples/square.py 9"] == "9^2 = 81\n"
+    assert (tmp_path / "out-m").read_text() == "m\n"  # ran exactly once
+    for w in workers:
+        assert w.stop() == 0
+
+
+def test_a_single_slot_runs_tasks_in_priority_order(queue: Queue, start_worker: StartWorker, tmp_path: Path) -> None:
+    out = tmp_path / "order"
+    tasks = [f"shell:{p}:0:0:echo {p}-{i} >> {out}" for i, p in enumerate([1, 5, 3, 9, 5, 7, 1])]
+    queue.submit(tasks)
+    start_worker("--concurrency", "1", "--prefetch", "4")
+    wait_until(lambda: drained(queue), timeout=30)
+    assert out.read_text().split() == ["9-3", "7-5", "5-1", "5-4", "3-2", "1-0", "1-6"]
+
+
+def test_task_needing_more_memory_than_free_is_never_claimed(queue: Queue, start_worker: StartWorker) -> None:
+    queue.submit(["builtin:9:100000:0:noop too big", "builtin:1:0:0:noop fits"])
+    start_worker()
+    wait_until(lambda: queue.counts()["finished"] == 1, timeout=20)
+    assert queue.todo_in_order() == ["builtin:9:100000:0:noop too big"]
+    assert audit(queue).ok
+
+
+def test_sigterm_returns_buffered_tasks_at_once_and_drains_running(queue: Queue, start_worker: StartWorker) -> None:
+    tasks = [f"builtin:1:0:0:sleep 0.5 {i}" for i in range(20)]
+    queue.submit(tasks)
+    worker = start_worker("--concurrency", "2", "--prefetch", "10", "--grace-period", "10")
+    wait_until(lambda: queue.counts()["in_progress"] >= 10, timeout=20, what="buffer filled")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+    c = queue.counts()
+    assert c["in_progress"] == 0 and c["finished"] + c["todo"] == 20
+    assert queue.stats().get("returned", 0) >= 8  # the unstarted buffer went back
+    assert "returning buffered tasks" in worker.log()
+    assert audit(queue, tasks).ok
+
+
+def test_idle_adaptive_worker_wakes_on_submit(queue: Queue, start_worker: StartWorker) -> None:
+    """With a 60 s safety poll, only the wake-up channel can explain a prompt pickup."""
+    start_worker("--polling", "adaptive")
+    wait_until(lambda: queue.workers(), timeout=10)
+    time.sleep(0.3)  # let it go idle and block
+    queue.submit(["builtin:1:0:0:noop wake"])
+    wait_until(lambda: queue.counts()["finished"] == 1, timeout=10, what="pickup before the 60 s safety poll")
+
+
+def test_restart_with_the_same_name_returns_what_it_held(queue: Queue, start_worker: StartWorker) -> None:
+    tasks = [f"builtin:1:0:0:sleep 30 {i}" for i in range(4)]
+    queue.submit(tasks)
+    first = start_worker("--concurrency", "2", "--prefetch", "2", "--lease", "60", name="same")
+    wait_until(lambda: queue.counts()["in_progress"] == 4, timeout=20)
+    first.kill9()
+    queue.r.delete(queue.keys.lease("same"))  # as if its lease ran out
+    second = start_worker("--concurrency", "1", "--prefetch", "0", "--reap-interval", "60", name="same")
+    wait_until(lambda: "returned 4 task(s) held by its previous run" in second.log(), timeout=20)
+    assert queue.stats().get("returned", 0) >= 4
+
+
+def test_a_second_live_worker_with_the_same_name_refuses_to_start(queue: Queue, start_worker: StartWorker) -> None:
+    start_worker(name="twin")
+    wait_until(lambda: "twin" in queue.workers(), timeout=10)
+    second = start_worker(name="twin")
+    assert second.wait(20) == 2
+    assert "worker name 'twin' is held by a live worker" in second.log()
+
+
+def test_stop_workers_lets_running_tasks_finish(queue: Queue, start_worker: StartWorker, prefix: str,
+                                                redis_url: str) -> None:  # fmt: skip
+    queue.submit(["builtin:1:0:0:sleep 0.5 a"])
+    worker = start_worker()
+    wait_until(lambda: queue.counts()["in_progress"] == 1, timeout=10)
+    result = run_cli("stop-workers", "--redis-url", redis_url, "--prefix", prefix)
+    assert result.returncode == 0
+    assert worker.wait(20) == 0
+    assert queue.counts()["finished"] == 1
+    assert "name" not in queue.workers()
+
+
+def test_memory_floor_kills_and_returns_the_newest_task(queue: Queue, start_worker: StartWorker) -> None:
+    import psutil
+
+    queue.submit(["builtin:1:0:0:sleep 60 victim"])
+    floor = psutil.virtual_memory().available / 1024**3 - 1.0  # 1 GB above the floor
+    worker = start_worker("--concurrency", "1", "--prefetch", "0", "--min-free-dram-gb", f"{floor:.3f}")
+    wait_until(lambda: queue.workers().get("w1", {}).get("running") == 1, timeout=20, what="task running")
+    ballast = bytearray(b"\x01") * (3 * 1024**3)  # touch 3 GB: free memory falls under the floor
+    try:
+        wait_until(lambda: "killing and returning the newest task" in worker.log(), timeout=20)
+        wait_until(lambda: queue.counts()["todo"] == 1, timeout=10, what="task returned")
+    finally:
+        del ballast
+    assert queue.stats().get("returned", 0) >= 1
+    worker.stop()
+    assert audit(queue, ["builtin:1:0:0:sleep 60 victim"]).ok
