@@ -142,6 +142,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     q = Queue(connect(settings.redis_url), settings.prefix)
     from distcomp_obs import tracing
 
+    tracing.setup("distcomp-submit")
     lines = [t.line for t in tasks]
     with tracing.send_span(q.keys.prefix, len(lines)) as context:
         added = q.submit(lines, trace=context)

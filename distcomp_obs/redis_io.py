@@ -72,7 +72,9 @@ class RoundTrips:
         self._commands = {op: metrics.redis_roundtrip_commands.labels(op) for op in ROUNDTRIP_OPS}
         self.count = dict.fromkeys(ROUNDTRIP_OPS, 0)
         self.commands = dict.fromkeys(ROUNDTRIP_OPS, 0)
-        self.exemplar: Callable[[], dict[str, str] | None] = lambda: None
+        # (op, result) -> {trace_id, span_id} of the sampled span this round trip belongs to, or None.
+        # It sees the result because a claim's span exists only if the claim returned tasks.
+        self.exemplar: Callable[[str, Any], dict[str, str] | None] = lambda op, result: None
 
     def call(self, op: str, commands: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         start = time.perf_counter()
@@ -84,7 +86,7 @@ class RoundTrips:
         elapsed = time.perf_counter() - start
         self.count[op] += 1
         self.commands[op] += commands
-        self._seconds[op].observe(elapsed, self.exemplar())
+        self._seconds[op].observe(elapsed, self.exemplar(op, result))
         self._commands[op].observe(commands)
         return result
 
