@@ -101,6 +101,7 @@ class Worker:
         self.metrics_url = ""
         self._threads: list[threading.Thread] = []
         self._loop_beat = time.monotonic()
+        self._beat_ok_at = time.monotonic()  # last heartbeat Redis answered
         self.started_at = time.time()
 
     # ------------------------------------------------------------------ lifecycle
@@ -196,6 +197,10 @@ class Worker:
         loop_age = time.monotonic() - self._loop_beat
         if not self.redis_ok:
             return False, "redis unreachable"
+        # An idle fetch loop may not touch Redis for idle_max_wait_s; the heartbeat does every interval.
+        beat_age = time.monotonic() - self._beat_ok_at
+        if beat_age > max(2.0, 3 * self.s.heartbeat_interval_s):
+            return False, f"redis unreachable: no heartbeat for {beat_age:.0f}s"
         if loop_age > max(60.0, 3 * self.s.idle_max_wait_s):
             return False, f"fetch loop silent for {loop_age:.0f}s"
         return True, "ok"
@@ -566,6 +571,7 @@ class Worker:
 
     def _heartbeat_once(self) -> None:
         state, epoch, stop = self.q.heartbeat(self.name, self.incarnation, int(self.s.lease_s * 1000), self._status())
+        self._beat_ok_at = time.monotonic()  # for /healthz
         if state == -1:
             self._lease_lost()
             log.error("worker %s: another live process holds this name; stopping", self.name)
