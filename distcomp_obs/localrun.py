@@ -19,7 +19,7 @@ from pathlib import Path
 from distcomp_obs.audit import audit
 from distcomp_obs.cli import settings_from
 from distcomp_obs.queue import Queue
-from distcomp_obs.redis_io import RedisServer, connect
+from distcomp_obs.redis_io import RedisServer, connect, die_with_parent
 from distcomp_obs.task import read_task_file
 
 
@@ -71,7 +71,12 @@ def _progress(done: int, total: int, failed: int, rate: float, tty: bool) -> Non
     print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_main(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)  # a terminated run stops like Ctrl-C: cleanly
     settings = settings_from(args)
     tasks, errors = read_task_file(args.file)
     for err in errors:
@@ -86,11 +91,14 @@ def run_main(args: argparse.Namespace) -> int:
         server = RedisServer(appendonly=True, directory=str(data_dir)).start()
         url = server.url
     workers: list[subprocess.Popen[bytes]] = []
-    interrupted = False
     try:
         q = Queue(connect(url), settings.prefix)
         if args.fresh:
             q.reset()
+        if server is not None:
+            # Our private Redis: any worker registered in it belongs to an earlier run that was
+            # killed. Return its tasks now rather than waiting for its lease to expire.
+            q.requeue_dead(0)
         lines = [t.line for t in tasks]
         added = q.submit(lines)
         print(
@@ -100,29 +108,14 @@ def run_main(args: argparse.Namespace) -> int:
         )
         env = dict(os.environ, DISTCOMP_LOG_LEVEL=os.environ.get("DISTCOMP_LOG_LEVEL", "WARNING"))
         for i in range(args.workers):
-            workers.append(subprocess.Popen(_worker_argv(args, url, f"local-{i + 1}"), env=env))
+            workers.append(
+                subprocess.Popen(_worker_argv(args, url, f"local-{i + 1}"), env=env, preexec_fn=die_with_parent)
+            )
         start = time.monotonic()
         tty = sys.stderr.isatty()
         base = q.counts()
         base_done = base["finished"] + base["failed"]
-        last_print = 0.0
-        try:
-            while True:
-                c = q.counts()
-                done = c["finished"] + c["failed"]
-                elapsed = time.monotonic() - start
-                if time.monotonic() - last_print >= (0.5 if tty else 5.0):
-                    _progress(done, len(lines) or done, c["failed"], (done - base_done) / max(elapsed, 1e-9), tty)
-                    last_print = time.monotonic()
-                if c["todo"] == 0 and c["in_progress"] == 0:
-                    break
-                if all(w.poll() is not None for w in workers):
-                    print("\nall workers exited before the queue drained", file=sys.stderr)
-                    break
-                time.sleep(0.1)
-        except KeyboardInterrupt:
-            interrupted = True
-            print("\ninterrupted: workers are returning their tasks; run again to resume", file=sys.stderr)
+        interrupted = _watch(q, workers, len(lines), base_done, start, tty)
         elapsed = time.monotonic() - start
         _stop(workers)
         c = q.counts()
@@ -145,6 +138,31 @@ def run_main(args: argparse.Namespace) -> int:
         _stop(workers)
         if server is not None:
             server.stop()
+
+
+def _watch(
+    q: Queue, workers: list[subprocess.Popen[bytes]], total: int, base_done: int, start: float, tty: bool
+) -> bool:
+    """Show progress until the queue drains or every worker has exited; True if interrupted."""
+    last_print = 0.0
+    try:
+        while True:
+            c = q.counts()
+            done = c["finished"] + c["failed"]
+            elapsed = time.monotonic() - start
+            drained = c["todo"] == 0 and c["in_progress"] == 0
+            if drained or time.monotonic() - last_print >= (0.5 if tty else 5.0):
+                _progress(done, total or done, c["failed"], (done - base_done) / max(elapsed, 1e-9), tty)
+                last_print = time.monotonic()
+            if drained:
+                return False
+            if all(w.poll() is not None for w in workers):
+                print("\nall workers exited before the queue drained", file=sys.stderr)
+                return False
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        print("\ninterrupted: workers are returning their tasks; run again to resume", file=sys.stderr)
+        return True
 
 
 def _stop(workers: list[subprocess.Popen[bytes]]) -> None:

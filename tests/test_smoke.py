@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 from tests.conftest import run_cli
@@ -16,3 +18,28 @@ def test_run_examples_finishes_all_but_the_failing_task(tmp_path: Path) -> None:
     assert 'FAILED shell:1:0:0:echo "disk full" >&2; exit 3' in out
     assert "disk full" in out and "exit code 3" in out
     assert "audit OK" in out
+
+
+def test_run_interrupted_loses_nothing_and_resumes(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, wait_until
+
+    tasks = tmp_path / "slow.txt"
+    tasks.write_text("".join(f"builtin:1:0:0:sleep 0.3 {i}\n" for i in range(40)))
+    data = str(tmp_path / "data")
+    argv = [sys.executable, "-m", "distcomp_obs", "run", str(tasks), "--workers", "2", "--data-dir", data,
+            "--concurrency", "1", "--prefetch", "2"]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    wait_until(lambda: (Path(data) / "redis" / "redis.log").exists(), timeout=30)
+    time.sleep(2.0)  # let some tasks finish, others run or wait in buffers
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "audit OK" in out and "interrupted" in err
+    again = run_cli("run", str(tasks), "--workers", "2", "--data-dir", data, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "40 finished, 0 failed, 0 waiting" in again.stdout and "audit OK" in again.stdout
