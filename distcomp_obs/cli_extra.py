@@ -26,7 +26,9 @@ def add_commands(
     p.add_argument("--config", help="YAML settings file (DistComp's conf.json accepted)")
     p.add_argument("--metrics-addr", help="HOST:PORT for /metrics, /sd and /healthz (default 127.0.0.1:9711)")
     p.add_argument("--log-level")
-    del common
+    from distcomp_obs.bench import cli as bench_cli
+
+    bench_cli.add_commands(sub, common)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -51,4 +53,21 @@ def _exporter(args: argparse.Namespace) -> int:
     return exporter.run()
 
 
-HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"run": _run, "exporter": _exporter}
+def _bench(args: argparse.Namespace) -> int:
+    from distcomp_obs.bench.cli import bench
+
+    return bench(args)
+
+
+def _loadgen(args: argparse.Namespace) -> int:
+    from distcomp_obs.bench.cli import loadgen
+
+    return loadgen(args)
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _run,
+    "exporter": _exporter,
+    "bench": _bench,
+    "loadgen": _loadgen,
+}
