@@ -69,6 +69,14 @@ class Snapshot:
     server_time_s: float
 
 
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    lease: int  # 1 renewed, 0 expired and re-taken, -1 held by another process
+    epoch: str | None
+    stop_requested: str | None
+    workers: int  # registered workers: the reaper's cadence scales with it
+
+
 #: report codes, as returned by report_one in lib.lua
 FINISHED, FAILED_FINAL, RETRIED, DUPLICATE, STALE = 1, 2, 3, 0, -1
 
@@ -158,13 +166,10 @@ class Queue:
         self.rt.call("heartbeat", 1, self.r.set, self.keys.epoch, uuid.uuid4().hex, nx=True)
         return str(self.rt.call("heartbeat", 1, self.r.get, self.keys.epoch))
 
-    def heartbeat(
-        self, worker: str, incarnation: str, lease_ms: int, status: dict[str, Any]
-    ) -> tuple[int, str | None, str | None]:
-        state, epoch, stop = self._run(
-            "heartbeat", "heartbeat", worker, [worker, incarnation, lease_ms, json.dumps(status)]
-        )
-        return int(state), epoch, stop
+    def heartbeat(self, worker: str, incarnation: str, lease_ms: int, status: dict[str, Any]) -> Heartbeat:
+        args = [worker, incarnation, lease_ms, json.dumps(status)]
+        state, epoch, stop, workers = self._run("heartbeat", "heartbeat", worker, args)
+        return Heartbeat(int(state), epoch, stop, int(workers))
 
     def leave(self, worker: str, incarnation: str) -> int:
         return int(self._run("heartbeat", "leave", worker, [worker, incarnation]))
