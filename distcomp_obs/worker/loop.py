@@ -448,9 +448,14 @@ class Worker:
         """After a connection error a claim may have happened without us seeing the reply:
         give back whatever Redis says we own that we do not hold."""
         owned = self.q.owned(self.name)
+        # Snapshot in the order tasks flow (buffer -> running -> results), so a task moving on
+        # meanwhile is still seen; results not yet collected are ours too (returning those made
+        # finished tasks run twice: test_lost_reply_is_reconciled[report]).
+        mine = {h.line for h in self._held_unstarted()}
         with self.running_lock:
-            mine = {h.line for h, _ in self.running.values()}
-        mine |= {h.line for h in self._held_unstarted()} | {r.held.line for r in self.unsent}
+            mine |= {h.line for h, _ in self.running.values()}
+        self._collect_results()
+        mine |= {r.held.line for r in self.unsent}
         unknown = owned - mine
         if unknown:
             n = self.q.requeue(self.name, [(t, "") for t in unknown], op="reconcile")
