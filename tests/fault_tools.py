@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from distcomp_obs.audit import AuditReport, audit
@@ -80,15 +81,18 @@ class FaultProxy:
     """A TCP proxy on 127.0.0.1 in its own thread (asyncio), with two faults:
 
     - `delay_s`: added before each chunk is forwarded to Redis (a latency spike);
-    - `drop_reply_on`: a bytes pattern; the next request containing it is forwarded to Redis, but
-      the connection is cut before the reply comes back (a lost reply: the command ran).
+    - `drop_reply_on`: a predicate on request bytes; the next request it matches is forwarded to
+      Redis, but the connection is cut before the reply comes back (a lost reply: the command ran).
+
+    (distcomp_obs.bench.proxy drops "the next reply" of any connection; these tests need to pick
+    the request whose reply is lost, a claim or a report.)
     """
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = free_port()
         self.delay_s = 0.0
-        self.drop_reply_on: bytes | None = None
+        self.drop_reply_on: Callable[[bytes], bool] | None = None
         self.dropped = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -137,14 +141,14 @@ class FaultProxy:
             while data := await creader.read(65536):
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
-                pattern = self.drop_reply_on
-                if pattern is not None and pattern in data:
+                match = self.drop_reply_on
+                if match is not None and match(data):
                     self.drop_reply_on = None
                     cut.set()  # before forwarding: the reply must never reach the client
                     swriter.write(data)
                     await swriter.drain()
-                    await asyncio.sleep(0.2)  # let Redis run it, then lose the reply
                     self.dropped += 1
+                    await asyncio.sleep(0.2)  # let Redis run it, then lose the reply
                     return
                 swriter.write(data)
                 await swriter.drain()
