@@ -166,7 +166,12 @@ class Bench:
         vm = psutil.virtual_memory()
         try:
             commit = subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+                cwd=Path(__file__).resolve().parents[2],  # the checkout, not the caller's directory
             ).stdout.strip()
         except OSError:
             commit = ""
