@@ -54,8 +54,8 @@ class Settings:
     heartbeat_interval_s: float = 5.0
     #: a worker silent this long is dead: its tasks go back to the queue
     lease_s: float = 15.0
-    #: seconds between reaper runs (every worker runs it; a lock keeps one at a time)
-    reap_interval_s: float = 5.0
+    #: seconds between reaper runs in the whole deployment (workers take turns; a lock keeps one at a time)
+    reap_interval_s: float = 15.0
     #: times a task may take its worker down with it before it fails for good
     max_reaps: int = 3
     #: kill a task running longer than this (0: no limit)

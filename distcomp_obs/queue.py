@@ -74,7 +74,7 @@ class Heartbeat:
     lease: int  # 1 renewed, 0 expired and re-taken, -1 held by another process
     epoch: str | None
     stop_requested: str | None
-    workers: int  # registered workers: the reaper's cadence scales with it
+    workers: list[str]  # registered workers: the reaper's cadence scales with their number
 
 
 #: report codes, as returned by report_one in lib.lua
@@ -169,7 +169,7 @@ class Queue:
     def heartbeat(self, worker: str, incarnation: str, lease_ms: int, status: dict[str, Any]) -> Heartbeat:
         args = [worker, incarnation, lease_ms, json.dumps(status)]
         state, epoch, stop, workers = self._run("heartbeat", "heartbeat", worker, args)
-        return Heartbeat(int(state), epoch, stop, int(workers))
+        return Heartbeat(int(state), epoch, stop, sorted(workers))
 
     def leave(self, worker: str, incarnation: str) -> int:
         return int(self._run("heartbeat", "leave", worker, [worker, incarnation]))
@@ -219,9 +219,12 @@ class Queue:
             args += [task, token]
         return int(self._run(op, "requeue", worker, args))
 
-    def reap(self, max_tasks: int = 500, max_reaps: int = 3, lock_ms: int = 5000) -> tuple[int, int]:
-        """Return the tasks of workers whose lease expired (any worker may call this; a lock keeps one at a time)."""
-        names = sorted(self.rt.call("reap", 1, self.r.smembers, self.keys.workers))
+    def reap(self, max_tasks: int = 500, max_reaps: int = 3, lock_ms: int = 5000,
+             names: list[str] | None = None) -> tuple[int, int]:  # fmt: skip
+        """Return the tasks of workers whose lease expired (any worker may call this; a lock keeps one
+        at a time). `names`: the registered workers if the caller knows them (saves a round trip)."""
+        if names is None:
+            names = sorted(self.rt.call("reap", 1, self.r.smembers, self.keys.workers))
         if not names:
             return 0, 0
         extra: list[str] = []

@@ -96,7 +96,7 @@ class Worker:
         self.finished = self.failed = 0
         self.cores = os.cpu_count() or 1
         self.available_gb = psutil.virtual_memory().available / GB
-        self.registered_workers = 1
+        self.registered_workers: list[str] = []
         self.rng = random.Random()
         self.metrics_server: MetricsServer | None = None
         self.metrics_url = ""
@@ -578,7 +578,7 @@ class Worker:
     def _heartbeat_once(self) -> None:
         beat = self.q.heartbeat(self.name, self.incarnation, int(self.s.lease_s * 1000), self._status())
         state, epoch, stop = beat.lease, beat.epoch, beat.stop_requested
-        self.registered_workers = max(1, beat.workers)
+        self.registered_workers = beat.workers
         self._beat_ok_at = time.monotonic()  # for /healthz
         if state == -1:
             self._lease_lost()
@@ -615,14 +615,14 @@ class Worker:
                     self._heartbeat_once()
                     next_beat = now + self.s.heartbeat_interval_s
                 if now >= next_reap:
-                    returned, failed = self.q.reap(max_reaps=self.s.max_reaps)
+                    returned, failed = self.q.reap(max_reaps=self.s.max_reaps, names=self.registered_workers)
                     if returned > 0 or failed > 0:
                         log.warning(
                             "reaper: returned %d task(s) of dead workers, failed %d poison task(s)", returned, failed
                         )
                     # Leaderless but not noisy: with W workers each reaps every W intervals (jittered),
                     # so the deployment reaps about once per reap_interval_s whatever its size.
-                    spread = self.registered_workers * self.rng.uniform(0.5, 1.5)
+                    spread = max(1, len(self.registered_workers)) * self.rng.uniform(0.5, 1.5)
                     next_reap = now + self.s.reap_interval_s * spread
             except REDIS_DOWN:
                 next_beat = now + min(1.0, self.s.heartbeat_interval_s)
