@@ -316,8 +316,12 @@ class Queue:
         return code
 
     def _retry_possible(self, failed_on: str) -> bool:
-        """Whether a live worker that has not failed this task exists (as lib.lua decides)."""
-        now_ms = time.time() * 1000
+        """Whether a live worker that has not failed this task exists (as lib.lua decides).
+        Liveness is judged by the Redis server's clock, as seen_ms was written: with this
+        worker's clock 10 minutes fast, every worker looked dead and failures were not retried
+        (test_clock_skew_on_one_worker)."""
+        sec, usec = self._one("report", self.r.time)
+        now_ms = sec * 1000 + usec / 1000
         statuses = self._one("report", self.r.hgetall, self.keys.worker_status)
         for name, raw in statuses.items():
             st = json.loads(raw)
