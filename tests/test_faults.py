@@ -8,6 +8,7 @@ duplicate executions are counted and bounded by what was running or held at the 
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import shutil
@@ -22,7 +23,7 @@ import pytest
 
 from distcomp_obs.queue import ClaimLimits, Queue, Report, _load_script
 from distcomp_obs.redis_io import RedisServer, connect
-from tests.conftest import FAST, WorkerProc, distcomp_argv, free_port, require, wait_until
+from tests.conftest import WorkerProc, free_port, require, wait_until
 from tests.fault_tools import (
     FaultProxy,
     assert_audit,
@@ -466,11 +467,14 @@ def test_restart_same_name_returns_previous_tasks_without_reaper(
     assert_audit(queue, tasks)
 
 
-def _faketime() -> str:
-    path = shutil.which("faketime")
-    require(path is not None, "faketime (apt-get install faketime)")
-    assert path is not None
-    return path
+def _faketime_env(offset: str) -> dict[str, str]:
+    """libfaketime preloaded into the worker itself (the `faketime` wrapper would stay the parent
+    and swallow our signals). Wall clock only: a skewed host's monotonic clock still ticks right."""
+    libs = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1")) + sorted(
+        glob.glob("/usr/lib/faketime/libfaketimeMT.so.1")
+    )
+    require(bool(libs) and shutil.which("faketime") is not None, "faketime (apt-get install faketime)")
+    return {"LD_PRELOAD": libs[0], "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 
 
 @pytest.mark.parametrize("skew", ["-10m", "+10m"])
@@ -481,25 +485,23 @@ def test_clock_skew_on_one_worker(
     """F12: one worker's clock is 10 minutes off. Leases and liveness use the Redis server's
     clock, so nobody is reaped early or kept alive late, nothing runs twice, and a failure on
     the skewed worker is still retried on the healthy one."""
-    faketime = _faketime()
+    env = _faketime_env(skew)
     log = tmp_path / "exec.log"
     tasks = [logged_task(i, log) for i in range(20)]
     # fails on the skewed worker only (it has the env var), so it must be retried on the other
     tasks.append(f'shell:5:0:0:[ -z "$SKEWED" ] && echo {tmp_path}')
-    argv = [faketime, "-f", f"{skew[0]}{int(skew[1:-1]) * 60}s", *distcomp_argv(
-        "worker", "--redis-url", redis_url, "--prefix", prefix, "--name", "skewed", *FAST, pipeline,
-        "--concurrency", "2")]  # fmt: skip
-    skewed = WorkerProc(argv, tmp_path / "skewed.log", {**os.environ, "SKEWED": "1"})
+    skewed = start_worker(pipeline, "--concurrency", "2", name="skewed", env={**env, "SKEWED": "1"})
     try:
         wait_until(lambda: "skewed" in queue.workers(), 15, what="skewed worker registered")
-        normal = start_worker(pipeline, "--concurrency", "2")
-        wait_until(lambda: "w1" in queue.workers(), 15, what="normal worker registered")
+        normal = start_worker(pipeline, "--concurrency", "2", name="normal")
+        wait_until(lambda: "normal" in queue.workers(), 15, what="normal worker registered")
         queue.submit(tasks)
         wait_done(queue, len(tasks))
         assert executions(log) == {str(i): 1 for i in range(20)}
         assert int(queue.stats().get("reaped", 0)) == 0
         assert set(queue.list_state("finished")) == set(tasks), queue.list_state("failed")
         assert skewed.stop() == 0 and normal.stop() == 0
+        assert "lease had expired" not in skewed.log() + normal.log()
     finally:
         skewed.close()
     assert_audit(queue, tasks)
