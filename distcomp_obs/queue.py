@@ -210,11 +210,12 @@ class Queue:
         raw = self._run(op, "settle", worker, args)
         return ClaimResult(raw[0] == 1, int(raw[1]), _claimed(raw[3:]), [int(c) for c in raw[2]])
 
-    def requeue(self, worker: str, held: Sequence[tuple[str, str]], op: str = "return") -> int:
-        """Return held (task, token) pairs to todo in one round trip; token '' = any token of ours."""
+    def requeue(self, worker: str, held: Sequence[tuple[str, str]], op: str = "return", max_reaps: int = 0) -> int:
+        """Return held (task, token) pairs to todo in one round trip; token '' = any token of ours.
+        max_reaps > 0: the holder died (a restart under its name): count it as the reaper would."""
         if not held:
             return 0
-        args: list[str] = [worker]
+        args: list[str | int] = [worker, max_reaps]
         for task, token in held:
             args += [task, token]
         return int(self._run(op, "requeue", worker, args))
@@ -293,6 +294,11 @@ class Queue:
                 self._one("report", r.hset, k.failed_final, task, rep.payload)
                 code = FAILED_FINAL
             else:
+                # Release our in-progress record *before* the task becomes claimable again:
+                # afterwards another worker may claim it, and our HDEL would erase its record.
+                # Until the ZADD it is still in our owned set, so a crash here leaves it to the reaper.
+                self._one("report", r.hdel, k.in_progress_tasks, task)
+                self._one("report", r.zrem, k.in_progress_age, task)
                 meta = json.loads(self._one("report", r.hget, k.task_meta, task) or "{}")
                 score = (MAX_PRIORITY - parse_line(task).priority) * 2**32 + int(meta.get("seq", 0))
                 now_ms = int(time.time() * 1000)
@@ -300,16 +306,14 @@ class Queue:
                 self._one("report", r.hset, k.todo_tasks, task, now_ms)
                 self._one("report", r.zadd, k.todo_age, {task: now_ms})
                 self._one("report", r.hincrby, k.stats, "retried", 1)
+                self._one("report", r.srem, k.owned(worker), task)
                 self._one("report", r.publish, k.wake_channel, "submit 0")
-                code = RETRIED
-        if code != RETRIED:
-            self._one("report", r.hincrby, k.terminal_count, task, 1)  # the commit point
-            self._one("report", r.hset, k.settled, task, rep.token)
-            self._one("report", r.hincrby, k.stats, "finished" if code == FINISHED else "failed", 1)
-            state = "finished" if code == FINISHED else "failed"
-            self._one(
-                "report", r.xadd, k.events, {"task": task, "state": state}, maxlen=EVENTS_MAXLEN, approximate=True
-            )
+                return RETRIED
+        self._one("report", r.hincrby, k.terminal_count, task, 1)  # the commit point
+        self._one("report", r.hset, k.settled, task, rep.token)
+        self._one("report", r.hincrby, k.stats, "finished" if code == FINISHED else "failed", 1)
+        state = "finished" if code == FINISHED else "failed"
+        self._one("report", r.xadd, k.events, {"task": task, "state": state}, maxlen=EVENTS_MAXLEN, approximate=True)
         self._one("report", r.hdel, k.in_progress_tasks, task)
         self._one("report", r.zrem, k.in_progress_age, task)
         self._one("report", r.srem, k.owned(worker), task)

@@ -576,8 +576,10 @@ def test_poison_task_that_kills_its_worker_fails_for_good(
             break  # it lives: the poison task is gone
         assert code == -signal.SIGKILL, w.log()
         deaths += 1
-        if not same_name:  # a new name: the reaper returns the task once the lease lapses
-            wait_until(lambda: not queue.owned(f"w{attempt + 1}"), 10, what="reaped")  # noqa: B023
+        if same_name:  # the supervisor's restart is refused until the dead one's lease lapses
+            wait_until(lambda: queue.lease_holder("p")[0] is None, 10, what="lease lapsed")
+        else:  # a new name: the reaper (of the next worker) returns the task once the lease lapses
+            wait_until(lambda: not queue.workers()[f"w{attempt + 1}"]["live"], 10, what="lease lapsed")  # noqa: B023
     wait_done(queue, 6, timeout=20)
     reason = queue.list_state("failed").get(poison, "")
     assert "worker died while running it 3 times" in reason, queue.list_state("failed")

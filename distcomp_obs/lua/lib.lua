@@ -113,6 +113,17 @@ local function fail_for_good(task, token, reason, owned_key, now)
   terminal(task, token, 'failed', now)
 end
 
+-- A task whose worker died holding it (reaper, or the restart of a worker under the same
+-- name): count the death; at max_reaps it is poison and fails for good. Returns returned, failed.
+local function reap_one(task, owned_key, max_reaps, now)
+  local reaps = redis.call('HINCRBY', K.reap_count, task, 1)
+  if reaps >= max_reaps and not is_settled(task) then
+    fail_for_good(task, 'reaper', 'worker died while running it ' .. reaps .. ' times', owned_key, now)
+    return 0, 1
+  end
+  return requeue(task, owned_key, now), 0
+end
+
 -- Claim up to n tasks for this worker: highest priority first, FIFO within a priority,
 -- skipping tasks that do not fit its memory/cores or that already failed on it.
 -- Cost O(log N + window): the window bounds the scan whatever the queue length.

@@ -14,13 +14,8 @@ for i = 0, #ARGV - 5 do
   if redis.call('EXISTS', lease_key) == 0 then
     for _, task in ipairs(redis.call('SRANDMEMBER', owned_key, budget)) do
       if redis.call('HGET', K.in_progress, task) == name or not redis.call('HGET', K.claims, task) then
-        local reaps = redis.call('HINCRBY', K.reap_count, task, 1)
-        if reaps >= max_reaps and not is_settled(task) then
-          fail_for_good(task, 'reaper', 'worker died while running it ' .. reaps .. ' times', owned_key, now)
-          failed = failed + 1
-        else
-          returned = returned + requeue(task, owned_key, now)
-        end
+        local r, f = reap_one(task, owned_key, max_reaps, now)
+        returned, failed = returned + r, failed + f
       else
         redis.call('SREM', owned_key, task)
       end

@@ -1,12 +1,15 @@
 -- requeue.lua: return held tasks to todo (SIGTERM, memory pressure, restart, reconciliation).
 -- KEYS: the common layout of lib.lua.
--- ARGV[1] worker, then pairs task, token. An empty token means "whatever token, as long as
--- this worker is the recorded holder" (restart and reconciliation, where the token is unknown).
+-- ARGV[1] worker  ARGV[2] max_reaps: 0, or (restart: a previous incarnation died holding these)
+-- count a death per task as the reaper does, so a task that kills a worker restarted under the
+-- same name is still caught as poison. Then pairs task, token. An empty token means "whatever
+-- token, as long as this worker is the recorded holder" (restart and reconciliation).
 -- Returns the number of tasks put back in todo.
 local now = now_ms()
 local worker = ARGV[1]
+local max_reaps = tonumber(ARGV[2])
 local n = 0
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local task, token = ARGV[i], ARGV[i + 1]
   local current = redis.call('HGET', K.claims, task)
   local mine
@@ -15,7 +18,9 @@ for i = 2, #ARGV, 2 do
   else
     mine = current == token
   end
-  if mine then
+  if mine and max_reaps > 0 then
+    n = n + reap_one(task, K.owned, max_reaps, now)
+  elseif mine then
     n = n + requeue(task, K.owned, now)
   else
     redis.call('SREM', K.owned, task)

@@ -154,7 +154,7 @@ class Worker:
         # A previous incarnation under this name may have died holding tasks: give them back.
         previous = self.q.owned(self.name)
         if previous:
-            n = self.q.requeue(self.name, [(t, "") for t in previous], op="return")
+            n = self.q.requeue(self.name, [(t, "") for t in previous], op="return", max_reaps=self.s.max_reaps)
             self.m.tasks_returned.labels("restart").inc(n)
             log.warning("worker %s: returned %d task(s) held by its previous run", self.name, n)
         self._check_redis_config()
