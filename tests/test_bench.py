@@ -54,6 +54,7 @@ def test_small_bench_run_writes_results_report_and_chart(tmp_path: Path) -> None
             assert r["pickups"] == 3
     assert "ping_rtt_ms_direct" in results["proxy"] and set(results["proxy"]["ping_rtt_ms_proxied"]) == {"0", "1"}
     assert results["scale"]["claim"]["claims_per_s_median"]["big"] > 0
+    assert results["scale"]["claim"]["worker_big"]["done"] > 0
     assert results["scale"]["idle_workers"]["started"] == 2
     assert results["meta"]["command"].startswith("distcomp bench")
 

@@ -33,7 +33,8 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
     p.add_argument("--window", type=float, default=5.0, help="longest drain measurement, seconds (default 5)")
     p.add_argument("--pickups", type=int, default=10, help="single submissions per pickup run (default 10)")
     p.add_argument("--pickup-spacing", type=float, default=0.2, help="seconds between them (default 0.2)")
-    p.add_argument("--idle-window", type=float, default=15.0, help="idle-cost window, seconds (default 15)")
+    p.add_argument("--idle-window", type=float, default=20.0, help="idle-cost window, seconds (default 20)")
+    p.add_argument("--pickup-repeat", type=int, help="rounds of the pickup workload (default: --repeat)")
     p.add_argument("--scale-queued", type=int, default=1_000_000, help="big queue for the scale run (default 1e6)")
     p.add_argument("--idle-workers", type=int, default=200, help="idle workers for the scale run (default 200)")
     p.add_argument("--scale-seconds", type=float, default=3.0, help="claim loop length per queue size (default 3)")
@@ -83,6 +84,7 @@ def bench(args: argparse.Namespace) -> int:
         pickups=args.pickups,
         pickup_spacing_s=args.pickup_spacing,
         idle_window_s=args.idle_window,
+        pickup_repeat=args.pickup_repeat,
         scale_queued=args.scale_queued,
         scale_idle_workers=args.idle_workers,
         scale_seconds=args.scale_seconds,

@@ -59,7 +59,8 @@ class BenchOptions:
     window_s: float = 5.0  # longest drain measurement
     pickups: int = 10
     pickup_spacing_s: float = 0.2
-    idle_window_s: float = 15.0
+    idle_window_s: float = 20.0
+    pickup_repeat: int | None = None  # None: same as repeat
     scale_queued: int = 1_000_000
     scale_idle_workers: int = 200
     scale_seconds: float = 3.0
@@ -354,9 +355,10 @@ class Bench:
         assert self.proxy is not None
         for li, latency in enumerate(self.o.latencies_ms):
             self.proxy.set_latency(latency)
-            for rep in range(self.o.repeat):
+            for rep in range(self.o.repeat if self.o.pickup_repeat is None else self.o.pickup_repeat):
                 for variant in (Variant.named(v) for v in self.o.variants):
-                    self._record("pickup", variant.name, latency, rep, lambda v=variant, r=rep, lat=latency, i=li == 0:
+                    idle = li == 0 and rep == 0  # idle cost does not depend on latency: measured once
+                    self._record("pickup", variant.name, latency, rep, lambda v=variant, r=rep, lat=latency, i=idle:
                                  self._pickup_run(v, lat, r, idle=i))  # fmt: skip
 
     def _pickup_run(self, variant: Variant, latency: float, rep: int, idle: bool) -> dict[str, Any]:
@@ -451,8 +453,8 @@ class Bench:
                 for label, (q, _) in sizes.items():
                     out["rounds"].append({"queue": label, "repeat": rep, **self._claim_loop(q)})
                     self.log(f"scale claim {label}: {out['rounds'][-1]['claims_per_s']:.0f} tasks/s")
-            # the same with a real worker of the `all` variant, drained over a fixed window
-            out["worker"] = {label: self._window_rate(q) for label, (q, _) in sizes.items()}
+            # a real `all` worker draining the big queue over a window (compare: the noop drain)
+            out["worker_big"] = self._window_rate(big)
         finally:
             small.reset()
             big.reset()
