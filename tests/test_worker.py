@@ -18,9 +18,13 @@ from tests.conftest import WorkerProc, run_cli, wait_until
 StartWorker = Callable[..., WorkerProc]
 
 
-def drained(q: Queue) -> bool:
+def drained(q: Queue, total: int | None = None) -> bool:
+    """Nothing waiting or running (and, given `total`, that many terminal): the unpipelined
+    protocol moves a task in several steps, so empty todo and in-progress alone can be a moment
+    between two of them."""
     c = q.counts()
-    return c["todo"] == 0 and c["in_progress"] == 0
+    done = total is None or c["finished"] + c["failed"] == total
+    return c["todo"] == 0 and c["in_progress"] == 0 and done
 
 
 def mixed_tasks(tmp_path: Path, tag: str) -> list[str]:
@@ -46,7 +50,7 @@ def test_every_flag_combination_drains_a_mixed_queue(queue: Queue, start_worker:
     flags = ["--pipeline" if pipeline else "--no-pipeline", "--prefetch", str(prefetch), "--polling", polling,
              "--poll-interval", "0.01", "--concurrency", "2", "--max-retry-per-task", "1"]  # fmt: skip
     workers = [start_worker(*flags, name="a"), start_worker(*flags, name="b")]
-    wait_until(lambda: drained(queue), timeout=60, what="queue drained")
+    wait_until(lambda: drained(queue, len(tasks)), timeout=60, what="queue drained")
     report = audit(queue, tasks, expect_done=True)
     assert report.ok, report.summary()
     failed = queue.list_state("failed")
@@ -147,3 +151,15 @@ def test_memory_floor_kills_and_returns_the_newest_task(queue: Queue, start_work
     assert queue.stats().get("returned", 0) >= 1
     worker.stop()
     assert audit(queue, ["builtin:1:0:0:sleep 60 victim"]).ok
+
+
+def test_urgent_submission_overtakes_a_full_buffer(queue: Queue, start_worker: StartWorker, tmp_path: Path) -> None:
+    out = tmp_path / "order"
+    low = [f"shell:1:0:0:sleep 0.2; echo low-{i} >> {out}" for i in range(12)]
+    queue.submit(low)
+    start_worker("--concurrency", "1", "--prefetch", "8")
+    wait_until(lambda: queue.counts()["todo"] <= 3, timeout=20, what="buffer full of low-priority tasks")
+    queue.submit([f"shell:9:0:0:echo urgent >> {out}"])
+    wait_until(lambda: drained(queue), timeout=60)
+    order = out.read_text().split()
+    assert order.index("urgent") <= 2, order  # started next (at most one more low task raced it)
