@@ -87,6 +87,7 @@ class Worker:
         self.running_lock = threading.Lock()
         self.attention = threading.Event()  # a result arrived, a wake-up came, or stop
         self.submitted = threading.Event()  # the wake-up channel announced new work
+        self.wake_priority = -1  # highest priority announced since the last claim
         self.stopping = threading.Event()  # no more claims; drain
         self.hard_stop = threading.Event()  # second signal: return everything now
         self.stopped = threading.Event()
@@ -241,9 +242,16 @@ class Worker:
         buffered = len(self.buffer)
         if self.s.prefetch == 0:
             return max(0, free_slots - buffered)
+        want = max(0, self.s.prefetch + free_slots - buffered)
+        if self.submitted.is_set() and want == 0:
+            # Strict priority: work more urgent than anything buffered was just submitted. Claim
+            # it now (the buffer may overflow a little) rather than start lower-priority tasks first.
+            lowest = self.buffer.lowest_priority()
+            if lowest is not None and self.wake_priority > lowest:
+                return max(1, self.s.prefetch // 4)
         if buffered > self.s.prefetch // 2 and not self.submitted.is_set():
             return 0  # above the low-water mark
-        return max(0, self.s.prefetch + free_slots - buffered)
+        return want
 
     def _limits(self) -> ClaimLimits:
         """Memory a claim may take: free memory above the floor, less what buffered tasks will need.
@@ -287,6 +295,7 @@ class Worker:
                 if want:
                     last_fetch = time.monotonic()
                     self.submitted.clear()
+                    self.wake_priority = -1
                     misses = 0 if claimed else misses + 1
                     if claimed:
                         self.m.buffer_occupancy_tasks.labels("refill").observe(len(self.buffer))
@@ -661,6 +670,8 @@ class Worker:
                     if message["data"] == "stop":
                         self.request_stop()
                     else:
+                        _, _, priority = message["data"].partition(" ")
+                        self.wake_priority = max(self.wake_priority, int(priority or 0))
                         self.submitted.set()
                     self.attention.set()
             except REDIS_DOWN:
