@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import yaml
 
@@ -56,6 +56,8 @@ class Settings:
     lease_s: float = 15.0
     #: seconds between reaper runs in the whole deployment (workers take turns; a lock keeps one at a time)
     reap_interval_s: float = 15.0
+    #: a dead worker stays listed (workers, /sd, alerts) this long after its last heartbeat
+    forget_dead_after_s: float = 3600.0
     #: times a task may take its worker down with it before it fails for good
     max_reaps: int = 3
     #: kill a task running longer than this (0: no limit)
@@ -106,10 +108,18 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(name, value, "a number >= 0" if allow_zero else "a number > 0")
 
 
-def validate(s: Settings) -> None:
-    scheme = s.redis_url.split("://", 1)[0] if "://" in s.redis_url else ""
+def _check_url(url: str) -> None:
+    scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError("redis_url", redact_url(s.redis_url), "a redis://, rediss:// or unix:// URL")
+        raise ConfigError("redis_url", redact_url(url), "a redis://, rediss:// or unix:// URL")
+    try:  # a malformed host or port must fail here, not as a traceback when connecting
+        urlsplit(url).port  # noqa: B018
+    except ValueError as exc:
+        raise ConfigError("redis_url", redact_url(url), f"a valid URL ({exc})") from None
+
+
+def validate(s: Settings) -> None:
+    _check_url(s.redis_url)
     if not s.prefix or any(c.isspace() for c in s.prefix):
         raise ConfigError("prefix", s.prefix, "a non-empty key prefix without spaces")
     if s.name and (not set(s.name) <= NAME_CHARS or len(s.name) > 128):
@@ -122,7 +132,7 @@ def validate(s: Settings) -> None:
         raise ConfigError("polling", s.polling, "'adaptive' or 'fixed'")
     for name in ("poll_interval_s", "task_timeout_s", "grace_period_s", "min_free_dram_gb"):
         _positive(name, getattr(s, name), allow_zero=True)
-    for name in ("idle_max_wait_s", "heartbeat_interval_s", "lease_s", "reap_interval_s"):
+    for name in ("idle_max_wait_s", "heartbeat_interval_s", "lease_s", "reap_interval_s", "forget_dead_after_s"):
         _positive(name, getattr(s, name))
     if s.lease_s < 2 * s.heartbeat_interval_s:
         raise ConfigError("lease_s", s.lease_s, f"at least twice heartbeat_interval_s ({2 * s.heartbeat_interval_s:g})")

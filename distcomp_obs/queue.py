@@ -221,7 +221,7 @@ class Queue:
         return int(self._run(op, "requeue", worker, args))
 
     def reap(self, max_tasks: int = 500, max_reaps: int = 3, lock_ms: int = 5000,
-             names: list[str] | None = None) -> tuple[int, int]:  # fmt: skip
+             names: list[str] | None = None, forget_after_s: float = 3600.0) -> tuple[int, int]:  # fmt: skip
         """Return the tasks of workers whose lease expired (any worker may call this; a lock keeps one
         at a time). `names`: the registered workers if the caller knows them (saves a round trip)."""
         if names is None:
@@ -232,7 +232,11 @@ class Queue:
         for name in names:
             extra += [self.keys.lease(name), self.keys.owned(name)]
         returned, failed = self._run(
-            "reap", "reap", "-", [uuid.uuid4().hex, lock_ms, max_tasks, max_reaps, *names], extra
+            "reap",
+            "reap",
+            "-",
+            [uuid.uuid4().hex, lock_ms, max_tasks, max_reaps, int(forget_after_s * 1000), *names],
+            extra,
         )
         return int(returned), int(failed)
 

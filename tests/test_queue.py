@@ -225,3 +225,12 @@ def test_retry_failed_and_purge_finished(queue: Queue) -> None:
     assert queue.purge_finished() == 1
     assert queue.submit(["shell:1:0:0:good"]) == 1  # forgotten, so it can run again
     assert audit(queue).ok
+
+
+def test_reaper_forgets_a_dead_worker_only_after_the_grace(queue: Queue) -> None:
+    register(queue, "gone")
+    queue.r.delete(queue.keys.lease("gone"))
+    queue.reap(forget_after_s=3600)
+    assert "gone" in queue.workers()  # still listed: dashboards and alerts see it down
+    queue.reap(forget_after_s=0)
+    assert "gone" not in queue.workers()

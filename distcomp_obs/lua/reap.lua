@@ -1,16 +1,19 @@
 -- reap.lua: return the tasks of workers whose lease expired (leaderless, under a lock).
 -- KEYS: the common layout of lib.lua, then pairs KEYS[27+2i] worker_lease:{w}, KEYS[28+2i] owned:{w}.
 -- ARGV[1] lock token  ARGV[2] lock ms  ARGV[3] max tasks this call  ARGV[4] max reaps per task
--- ARGV[5..] the worker names matching the key pairs.
+-- ARGV[5] forget after ms: a dead worker holding nothing and unseen this long is deregistered
+-- (until then it stays listed, so `distcomp workers`, /sd and the down alerts still show it).
+-- ARGV[6..] the worker names matching the key pairs.
 -- Returns {returned, failed_for_good} or {-1, 0} when another reaper holds the lock.
 if not redis.call('SET', K.reap_lock, ARGV[1], 'NX', 'PX', ARGV[2]) then return {-1, 0} end
 local now = now_ms()
 local budget = tonumber(ARGV[3])
 local max_reaps = tonumber(ARGV[4])
 local returned, failed = 0, 0
-for i = 0, #ARGV - 5 do
+local forget_ms = tonumber(ARGV[5])
+for i = 0, #ARGV - 6 do
   local lease_key, owned_key = KEYS[27 + 2 * i], KEYS[28 + 2 * i]
-  local name = ARGV[5 + i]
+  local name = ARGV[6 + i]
   if redis.call('EXISTS', lease_key) == 0 then
     for _, task in ipairs(redis.call('SRANDMEMBER', owned_key, budget)) do
       if redis.call('HGET', K.in_progress, task) == name or not redis.call('HGET', K.claims, task) then
@@ -20,6 +23,14 @@ for i = 0, #ARGV - 5 do
         redis.call('SREM', owned_key, task)
       end
       budget = budget - 1
+    end
+    if redis.call('SCARD', owned_key) == 0 then
+      local raw = redis.call('HGET', K.status, name)
+      local seen = raw and cjson.decode(raw).seen_ms or 0
+      if seen + forget_ms < now then
+        redis.call('SREM', K.workers, name)
+        redis.call('HDEL', K.status, name)
+      end
     end
   end
   if budget <= 0 then break end

@@ -624,7 +624,11 @@ class Worker:
                     self._heartbeat_once()
                     next_beat = now + self.s.heartbeat_interval_s
                 if now >= next_reap:
-                    returned, failed = self.q.reap(max_reaps=self.s.max_reaps, names=self.registered_workers)
+                    returned, failed = self.q.reap(
+                        max_reaps=self.s.max_reaps,
+                        names=self.registered_workers,
+                        forget_after_s=self.s.forget_dead_after_s,
+                    )
                     if returned > 0 or failed > 0:
                         log.warning(
                             "reaper: returned %d task(s) of dead workers, failed %d poison task(s)", returned, failed
