@@ -139,7 +139,7 @@ class WorkerMetrics:
         self.buffer_tasks = gauge("distcomp_buffer_tasks", "Claimed tasks waiting in the local buffer.")
         self.buffer_capacity_tasks = gauge("distcomp_buffer_capacity_tasks", "Configured prefetch buffer size.")
         self.slots_busy = gauge("distcomp_slots_busy", "Slots running a task.")
-        self.slots_total = gauge("distcomp_slots_total", "Slots (concurrency) of this worker.")
+        self.slots_total = gauge("distcomp_slots", "Slots (concurrency) of this worker.")
         self.poll_sleep_seconds = hist(
             "distcomp_poll_sleep_seconds",
             "Every sleep or blocking wait of the fetch loop, by reason.",

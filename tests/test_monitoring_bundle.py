@@ -69,7 +69,7 @@ PLAIN = {
     "distcomp_buffer_tasks",
     "distcomp_buffer_capacity_tasks",
     "distcomp_slots_busy",
-    "distcomp_slots_total",
+    "distcomp_slots",
     "distcomp_worker_info",
     "distcomp_worker_last_claim_timestamp_seconds",
     "process_cpu_seconds_total",
@@ -463,8 +463,8 @@ WORKER_METRICS = """\
 # HELP distcomp_worker_info Worker identity and flags.
 # TYPE distcomp_worker_info gauge
 distcomp_worker_info{worker="w1",version="0.1.0",variant="optimized",pipeline="true",prefetch="8",polling="adaptive"} 1
-# TYPE distcomp_slots_total gauge
-distcomp_slots_total 4
+# TYPE distcomp_slots gauge
+distcomp_slots 4
 # TYPE distcomp_slots_busy gauge
 distcomp_slots_busy 1
 # TYPE distcomp_tasks_completed_total counter

@@ -534,7 +534,7 @@ def overview() -> dict:
                     "info",
                 ),
                 (f"max by (worker) (distcomp_slots_busy{{{W}}})", "slots busy"),
-                (f"max by (worker) (distcomp_slots_total{{{W}}})", "slots total"),
+                (f"max by (worker) (distcomp_slots{{{W}}})", "slots total"),
                 (
                     f'sum by (worker) (rate(distcomp_tasks_completed_total{{{W}, outcome="finished"}}[{RI}]))',
                     "finished/s",
@@ -604,7 +604,7 @@ def overview() -> dict:
             "short",
             targets(
                 (f"sum by (variant) (distcomp_slots_busy{{{W}}})", "busy {{variant}}"),
-                (f"sum by (variant) (distcomp_slots_total{{{W}}})", "total {{variant}}"),
+                (f"sum by (variant) (distcomp_slots{{{W}}})", "total {{variant}}"),
             ),
             min_=0,
         ),
@@ -1022,7 +1022,7 @@ def worker_internals() -> dict:
             "short",
             targets(
                 (f"sum by (instance) (distcomp_slots_busy{{{i}}})", "busy {{instance}}"),
-                (f"sum by (instance) (distcomp_slots_total{{{i}}})", "total {{instance}}"),
+                (f"sum by (instance) (distcomp_slots{{{i}}})", "total {{instance}}"),
             ),
             min_=0,
         ),
