@@ -415,6 +415,7 @@ class Worker:
             items.append(make_held(c.task, task, c.token, c.meta))
             submitted = c.meta.get("submitted_ms")
             if submitted:
+                c.meta["submitted_ms"] = submitted = float(submitted)  # a string since submit.lua keeps µs
                 self.m.task_queue_wait_seconds.observe(max(0.0, now - submitted / 1000))
         self.m.tasks_claimed.inc(len(items))
         self.m.last_claim_timestamp.set(now)
