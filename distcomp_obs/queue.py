@@ -306,9 +306,11 @@ class Queue:
                 meta = json.loads(self._one("report", r.hget, k.task_meta, task) or "{}")
                 score = (MAX_PRIORITY - parse_line(task).priority) * 2**32 + int(meta.get("seq", 0))
                 now_ms = int(time.time() * 1000)
-                self._one("report", r.zadd, k.todo_index, {task: score})
+                # The ZADD to the index makes it claimable, so it comes last: a claim racing in
+                # between deleted todo_tasks before we wrote it (test_clock_skew, --no-pipeline).
                 self._one("report", r.hset, k.todo_tasks, task, now_ms)
                 self._one("report", r.zadd, k.todo_age, {task: now_ms})
+                self._one("report", r.zadd, k.todo_index, {task: score})
                 self._one("report", r.hincrby, k.stats, "retried", 1)
                 self._one("report", r.srem, k.owned(worker), task)
                 self._one("report", r.publish, k.wake_channel, "submit 0")
