@@ -37,6 +37,7 @@ from distcomp_obs.queue import DUPLICATE, FAILED_FINAL, FINISHED, RETRIED, STALE
 from distcomp_obs.redis_io import RoundTrips, connect, redact_url
 from distcomp_obs.task import Task, TaskType, parse_line
 from distcomp_obs.worker.buffer import Held, PrefetchBuffer, make_held
+from distcomp_obs.worker.guard import TaskGuard
 from distcomp_obs.worker.polling import NO_WAIT, Wait, adaptive_wait, fixed_wait
 from distcomp_obs.worker.slots import Outcome, Running, run_task
 
@@ -100,6 +101,7 @@ class Worker:
         self.registered_workers: list[str] = []
         self.rng = random.Random()
         self.metrics_server: MetricsServer | None = None
+        self.guard: TaskGuard | None = None
         self.metrics_url = ""
         self._threads: list[threading.Thread] = []
         self._loop_beat = time.monotonic()
@@ -113,6 +115,7 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         self._register()
+        self.guard = TaskGuard()  # before any task starts: tasks must not outlive a killed worker
         self._start_metrics()
         self._log_start()
         self._start_threads()
@@ -521,7 +524,7 @@ class Worker:
         tt = None if self.tracer is None else self.tracer.start_process(held)  # spans start with the task
         start = time.perf_counter()
         try:
-            outcome = run_task(held.task, running, self.s.task_timeout_s, self.s.output_limit_bytes)
+            outcome = run_task(held.task, running, self.s.task_timeout_s, self.s.output_limit_bytes, self.guard)
         except Exception as exc:  # a bug in running must fail the task, not kill the slot
             log.exception("worker %s: error running %r", self.name, held.line)
             outcome = Outcome(False, f"worker error: {exc!r}")
@@ -721,6 +724,8 @@ class Worker:
             log.error("worker %s: Redis unreachable at exit; the reaper will return anything still held", self.name)
         if self.metrics_server:
             self.metrics_server.stop()
+        if self.guard is not None:
+            self.guard.close()
         log.info("worker %s stopped: %d finished, %d failed", self.name, self.finished, self.failed)
 
     def _flush_reports(self, final: bool = False) -> None:

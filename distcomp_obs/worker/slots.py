@@ -1,15 +1,14 @@
 """Running one task: shell and python tasks as subprocesses, builtins in-process.
 
-A subprocess is started directly (no extra fork per task) in its own process group, and asks
-the kernel to kill it when its parent thread dies (PR_SET_PDEATHSIG): a killed worker's tasks
-must not keep running while the reaper hands them to someone else. Output is spooled to
-temporary files and only a bounded slice is kept, so a task printing gigabytes costs disk, not
-worker memory.
+A subprocess is started directly (no extra fork per task, no preexec_fn: Python's fast vfork
+path) in its own session, and registered with the worker's TaskGuard, which kills its whole
+process group if the worker dies: a killed worker's tasks must not keep running while the
+reaper hands them to someone else. Output is spooled to temporary files and only a bounded
+slice is kept, so a task printing gigabytes costs disk, not worker memory.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shlex
 import signal
@@ -19,33 +18,10 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from distcomp_obs.task import Task, TaskType
-
-_PR_SET_PDEATHSIG = 1
-try:
-    _libc: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
-except OSError:  # not Linux
-    _libc = None
-
-
-def _die_with_parent() -> None:
-    if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-# PDEATHSIG reaches only the direct child, so a task's own children (`sh -c "a; b"` forks them)
-# outlived a kill -9'd worker (tests/test_faults.py F1). The direct child is therefore a tiny sh
-# guard: on the worker's death it gets SIGTERM and kills its whole process group (the task's
-# session), then the task. A task killed by a fatal signal is re-raised so the worker still sees
-# "killed by signal N", not exit code 128+N. $PPID inside a shell task is still the worker.
-_GUARD = (
-    'trap "kill -KILL 0" TERM; {run} & wait $!; s=$?; '
-    "case $s in 129|130|131|132|134|135|136|137|139|141|143|152) trap - TERM; kill -$((s - 128)) $$;; esac; "
-    "exit $s"
-)
-_SHELL_GUARD = _GUARD.format(run='c=$1; shift; eval "$c"')  # a forked subshell: no extra exec
-_EXEC_GUARD = _GUARD.format(run='"$@"')
+from distcomp_obs.worker.guard import TaskGuard
 
 
 @dataclass
@@ -92,14 +68,15 @@ def _read(handle: tempfile.SpooledTemporaryFile[bytes] | object, limit: int, tai
     return bounded_text(data, limit, keep_tail=tail)
 
 
-def run_task(task: Task, running: Running, timeout_s: float, output_limit: int) -> Outcome:
+def run_task(task: Task, running: Running, timeout_s: float, output_limit: int, guard: TaskGuard | None = None,
+             ) -> Outcome:  # fmt: skip
     if task.type is TaskType.BUILTIN:
         return _run_builtin(task, running, timeout_s)
     if task.type is TaskType.SHELL:
-        argv = ["/bin/sh", "-c", _SHELL_GUARD, "distcomp-task", task.params]
+        argv = ["/bin/sh", "-c", task.params]
     else:
         try:
-            argv = ["/bin/sh", "-c", _EXEC_GUARD, "distcomp-task", sys.executable, *shlex.split(task.params)]
+            argv = [sys.executable, *shlex.split(task.params)]
         except ValueError as exc:
             return Outcome(False, f"cannot split python params: {exc}")
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -110,28 +87,39 @@ def run_task(task: Task, running: Running, timeout_s: float, output_limit: int) 
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             return Outcome(False, f"cannot start task: {exc}")
-        running.process = proc
-        if running.cancel.is_set():  # killed before it started
-            running.kill(running.kill_reason)
+        if guard is not None:
+            guard.watch(proc.pid)  # its own session: process group id == pid
         try:
-            code = proc.wait(timeout_s or None)
-        except subprocess.TimeoutExpired:
-            running.kill("timeout")
-            code = proc.wait()
-        if running.kill_reason and running.kill_reason != "timeout":
-            return Outcome(False, f"killed by the worker ({running.kill_reason})", running.kill_reason)
-        if running.kill_reason == "timeout":
-            return Outcome(
-                False, f"timed out after {timeout_s:g}s (task_timeout_s); stderr: {_read(err, output_limit, tail=True)}"
-            )
-        if code == 0:
-            return Outcome(True, _read(out, output_limit, tail=False))
-        cause = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        return Outcome(False, f"{cause}; stderr: {_read(err, output_limit, tail=True)}".strip())
+            return _wait(proc, running, timeout_s, output_limit, out, err)
+        finally:
+            if guard is not None:
+                guard.forget(proc.pid)
+
+
+def _wait(proc: subprocess.Popen[bytes], running: Running, timeout_s: float, output_limit: int, out: Any,
+          err: Any) -> Outcome:  # fmt: skip
+    """Wait for a started task (killing it on timeout) and turn its exit into an Outcome."""
+    running.process = proc
+    if running.cancel.is_set():  # killed before it started
+        running.kill(running.kill_reason)
+    try:
+        code = proc.wait(timeout_s or None)
+    except subprocess.TimeoutExpired:
+        running.kill("timeout")
+        code = proc.wait()
+    if running.kill_reason and running.kill_reason != "timeout":
+        return Outcome(False, f"killed by the worker ({running.kill_reason})", running.kill_reason)
+    if running.kill_reason == "timeout":
+        return Outcome(
+            False, f"timed out after {timeout_s:g}s (task_timeout_s); stderr: {_read(err, output_limit, tail=True)}"
+        )
+    if code == 0:
+        return Outcome(True, _read(out, output_limit, tail=False))
+    cause = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+    return Outcome(False, f"{cause}; stderr: {_read(err, output_limit, tail=True)}".strip())
 
 
 def _run_builtin(task: Task, running: Running, timeout_s: float) -> Outcome:
