@@ -281,7 +281,8 @@ class Queue:
         never lost, and terminal_count (the commit point) is written once."""
         k, r, task = self.keys, self.r, rep.task
         if self._one("report", r.hget, k.claims, task) != rep.token or not self._one("report", r.hdel, k.claims, task):
-            self._one("report", r.srem, k.owned(worker), task)
+            if self._one("report", r.hget, k.in_progress_tasks, task) != worker:  # as disown() in lib.lua
+                self._one("report", r.srem, k.owned(worker), task)
             if self._one("report", r.hget, k.settled, task) == rep.token:
                 return DUPLICATE
             self._one("report", r.hincrby, k.stats, "stale_reports", 1)

@@ -590,3 +590,22 @@ def test_poison_task_that_kills_its_worker_fails_for_good(
     assert "worker died while running it 3 times" in reason, queue.list_state("failed")
     assert deaths == 3
     assert_audit(queue, [poison, *others])
+
+
+def test_idle_worker_logs_an_outage_once_and_detects_redis_restarted_empty(
+    restartable_redis: RedisServer, prefix: str, start_worker: StartWorker
+) -> None:
+    """An idle worker only talks to Redis through its heartbeat: the outage must still be logged
+    (once), and a Redis that comes back without its data must be reported loudly, not treated
+    as an empty queue."""
+    worker = start_worker(url=restartable_redis.url, name="idle")
+    q = Queue(connect(restartable_redis.url), prefix)
+    wait_until(lambda: "idle" in q.workers(), 15, what="registered")
+    restartable_redis.stop()
+    shutil.rmtree(Path(restartable_redis.dir) / "appendonlydir", ignore_errors=True)  # data lost
+    wait_until(lambda: "Redis unreachable" in worker.log(), 15, what="outage logged")
+    restartable_redis.start()
+    wait_until(lambda: "Redis reachable again" in worker.log(), 15, what="recovery logged")
+    wait_until(lambda: "Redis restarted WITHOUT its data" in worker.log(), 15, what="lost data reported")
+    assert worker.log().count("Redis unreachable") == 1
+    assert worker.proc.poll() is None

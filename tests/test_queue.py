@@ -234,3 +234,20 @@ def test_reaper_forgets_a_dead_worker_only_after_the_grace(queue: Queue) -> None
     assert "gone" in queue.workers()  # still listed: dashboards and alerts see it down
     queue.reap(forget_after_s=0)
     assert "gone" not in queue.workers()
+
+
+@both
+def test_a_woken_old_incarnation_does_not_hide_the_new_ones_task(queue: Queue, pipelined: bool) -> None:
+    """An old process under a name wakes after a new one took the name and re-claimed the task:
+    its stale report must not drop the task from the name's owned set (the reaper relies on it)."""
+    queue.submit(["shell:1:0:0:x"])
+    register(queue, "n")
+    [(task, old)] = claim(queue, "n", 1, pipelined)
+    queue.requeue("n", [(task, old)])
+    [(_, new)] = claim(queue, "n", 1, pipelined)  # the new incarnation holds it again
+    assert report(queue, "n", Report(task, old, "finished", "late"), pipelined) == STALE
+    assert queue.requeue("n", [(task, old)]) == 0
+    assert queue.owned("n") == {task}
+    queue.r.delete(queue.keys.lease("n"))  # the new one dies too: the reaper must find the task
+    assert queue.reap()[0] == 1
+    assert audit(queue).ok

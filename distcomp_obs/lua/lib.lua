@@ -177,11 +177,20 @@ local function someone_else_can_retry(failed_on, now)
   return false
 end
 
+-- A report or return whose token is no longer current drops the task from this name's owned set,
+-- unless the name holds it again under a newer claim (a worker restarted under the same name
+-- while an old incarnation woke up): removing it then would hide it from the reaper.
+local function disown(task, worker)
+  if redis.call('HGET', K.in_progress, task) ~= worker then
+    redis.call('SREM', K.owned, task)
+  end
+end
+
 -- Record one result. Returns 1 finished, 2 failed for good, 3 failed and requeued for retry,
 -- 0 duplicate of a report already recorded with this token, -1 stale (token no longer current).
 local function report_one(worker, task, token, outcome, payload, max_retry, now)
   if redis.call('HGET', K.claims, task) ~= token then
-    redis.call('SREM', K.owned, task)
+    disown(task, worker)
     if redis.call('HGET', K.settled, task) == token then return 0 end
     redis.call('HINCRBY', K.stats, 'stale_reports', 1)
     return -1

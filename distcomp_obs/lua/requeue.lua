@@ -23,7 +23,7 @@ for i = 3, #ARGV, 2 do
   elseif mine then
     n = n + requeue(task, K.owned, now)
   else
-    redis.call('SREM', K.owned, task)
+    disown(task, worker)
   end
 end
 if n > 0 then

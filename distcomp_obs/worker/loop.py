@@ -93,6 +93,8 @@ class Worker:
         self.hard_stop = threading.Event()  # second signal: return everything now
         self.stopped = threading.Event()
         self.redis_ok = True
+        self._down_sources: set[str] = set()  # threads that currently see Redis down
+        self._down_lock = threading.Lock()
         self.lease_ok = True
         self.epoch: str | None = None
         self.finished = self.failed = 0
@@ -432,12 +434,23 @@ class Worker:
             except stdqueue.Empty:
                 return
 
+    def _redis_state(self, ok: bool, source: str, exc: BaseException | None = None) -> None:
+        """Track which threads see Redis down; log once per outage, not per attempt."""
+        with self._down_lock:
+            was_ok = not self._down_sources
+            if ok:
+                self._down_sources.discard(source)
+            else:
+                self._down_sources.add(source)
+            self.redis_ok = not self._down_sources
+        if was_ok and not self.redis_ok:
+            log.error("worker %s: Redis unreachable (%s); tasks keep running, reports are held, retrying",
+                      self.name, exc)  # fmt: skip
+        elif not was_ok and self.redis_ok:
+            log.warning("worker %s: Redis reachable again", self.name)
+
     def _redis_down(self, exc: BaseException) -> None:
-        if self.redis_ok:
-            log.error(
-                "worker %s: Redis unreachable (%s); tasks keep running, reports are held, retrying", self.name, exc
-            )
-        self.redis_ok = False
+        self._redis_state(False, "fetch", exc)
         delay = 0.1
         while not self.hard_stop.is_set():
             start = time.perf_counter()
@@ -453,9 +466,8 @@ class Worker:
                 break
         else:
             return
-        if not self.redis_ok and not self.hard_stop.is_set():
-            self.redis_ok = True
-            log.warning("worker %s: Redis reachable again", self.name)
+        if not self.hard_stop.is_set():
+            self._redis_state(True, "fetch")
 
     def _reconcile(self) -> None:
         """After a connection error a claim may have happened without us seeing the reply:
@@ -626,6 +638,7 @@ class Worker:
             try:
                 if now >= next_beat:
                     self._heartbeat_once()
+                    self._redis_state(True, "heartbeat")
                     next_beat = now + self.s.heartbeat_interval_s
                 if now >= next_reap:
                     returned, failed = self.q.reap(
@@ -641,7 +654,8 @@ class Worker:
                     # so the deployment reaps about once per reap_interval_s whatever its size.
                     spread = max(1, len(self.registered_workers)) * self.rng.uniform(0.5, 1.5)
                     next_reap = now + self.s.reap_interval_s * spread
-            except REDIS_DOWN:
+            except REDIS_DOWN as exc:
+                self._redis_state(False, "heartbeat", exc)  # an idle worker learns of outages here
                 next_beat = now + min(1.0, self.s.heartbeat_interval_s)
             except redis.RedisError as exc:
                 log.error("worker %s: heartbeat error: %s", self.name, exc)
