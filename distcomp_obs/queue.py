@@ -92,6 +92,7 @@ class Queue:
     def __init__(self, client: redis.Redis, prefix: str = Keys.prefix, roundtrips: RoundTrips | None = None) -> None:
         self.r = client
         self.keys = Keys(prefix)
+        self._keys_cache: dict[str, list[str]] = {}
         self.rt = roundtrips or RoundTrips(WorkerMetrics(None))
         self._scripts = {
             name: client.register_script(_load_script(name))
@@ -100,6 +101,12 @@ class Queue:
 
     # --- key layout for scripts ------------------------------------------------------------
     def _script_keys(self, worker: str = "-") -> list[str]:
+        cached = self._keys_cache.get(worker)
+        if cached is None:  # built once per worker name: the claim/report hot path reuses it
+            cached = self._keys_cache[worker] = self._build_script_keys(worker)
+        return cached
+
+    def _build_script_keys(self, worker: str) -> list[str]:
         k = self.keys
         return [
             k.todo_index,
@@ -131,7 +138,7 @@ class Queue:
         ]
 
     def _run(self, op: str, script: str, worker: str, args: Sequence[Any], extra_keys: Sequence[str] = ()) -> Any:
-        keys = self._script_keys(worker) + list(extra_keys)
+        keys = self._script_keys(worker) + list(extra_keys) if extra_keys else self._script_keys(worker)
         return self.rt.call(op, 1, self._scripts[script], keys=keys, args=list(args))
 
     # --- submit ------------------------------------------------------------------------------

@@ -29,8 +29,8 @@ def fixed_wait(poll_interval_s: float, since_last_fetch_s: float) -> Wait:
 
 def adaptive_wait(claimed: int, remaining: int, misses: int, max_wait_s: float, rng: random.Random) -> Wait:
     """claimed: tasks the last fetch got; remaining: tasks still queued; misses: fetches in a row that got none."""
-    if claimed > 0:
-        return NO_WAIT
+    if claimed > 0 and remaining > 0:
+        return NO_WAIT  # work flows: fetch again at once
     if remaining == 0:
         # Nothing queued: block until `submit` publishes a wake-up (or a safety timeout).
         return Wait(max_wait_s * rng.uniform(0.8, 1.0), "blocking_wait", wake_on_submit=True)
