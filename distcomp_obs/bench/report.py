@@ -383,14 +383,18 @@ def render_markdown(results: dict[str, Any], chart_name: str | None = "bench.png
             f"{workload}: commands executed per task (Redis INFO commandstats, commands inside scripts included)",
         )
         out += _drain_table(f, workload, "worker_cpu_us_per_task", f"{workload}: worker CPU µs per task")
-    nm, on = f.med("noop", "all-nometrics", f.latencies[0] if f.latencies else 0.0, "worker_cpu_us_per_task"), None
-    if nm is not None:
-        on = f.med("noop", "all", f.latencies[0], "worker_cpu_us_per_task")
-        out += [
-            f"Instrumentation overhead (noop, `all`, {f.latencies[0]:g} ms): {_fmt(on)} µs CPU per task with "
-            f"metrics vs {_fmt(nm)} µs without ({_pct(on / nm if on and nm else None)}).",
-            "",
-        ]
+    lat0 = f.latencies[0] if f.latencies else 0.0
+    on = f.med("noop", "all", lat0, "worker_cpu_us_per_task")
+    controls = [("all-nometrics", "metrics off (`--no-metrics`), tracing off"),
+                ("all", "metrics on, tracing off (default)"),
+                ("all-tracing1pct", "metrics on, tracing on, 1 % sampled (OTLP to a local sink)"),
+                ("all-tracing", "metrics on, tracing on, all sampled (OTLP to a local sink)")]  # fmt: skip
+    rows = [(label, f.med("noop", v, lat0, "worker_cpu_us_per_task")) for v, label in controls]
+    if any(cpu is not None for label, cpu in rows if label != controls[1][1]):
+        out += [f"Instrumentation cost (noop, `all`, {lat0:g} ms): worker CPU µs per task, median.", "",
+                "| worker setting | CPU µs / task | vs default |", "|---|---|---|"]  # fmt: skip
+        out += [f"| {label} | {_fmt(cpu)} | {_pct(cpu / on if cpu and on else None)} |" for label, cpu in rows]
+        out.append("")
     out += ["## Pickup and idle cost", ""]
     for metric, title in (
         ("pickup_p50_ms", "pickup delay p50, ms (worker histogram, submit → start)"),

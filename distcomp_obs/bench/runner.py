@@ -86,6 +86,26 @@ class Bench:
         self._server: RedisServer | None = None
         self.redis_url = ""
         self.proxy: LatencyProxy | None = None
+        self._sink: Any = None  # OTLP sink for the tracing control runs, started on first use
+
+    def _otlp_sink(self) -> str:
+        """A local OTLP/HTTP endpoint that accepts and drops spans: tracing's cost without a backend."""
+        if self._sink is None:
+            from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+            class Sink(BaseHTTPRequestHandler):
+                def do_POST(self) -> None:
+                    self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                    self.send_response(200)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+
+                def log_message(self, *_: Any) -> None:
+                    pass
+
+            self._sink = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+            threading.Thread(target=self._sink.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self._sink.server_address[1]}"
 
     # ------------------------------------------------------------------ top level
     def run(self) -> dict[str, Any]:
@@ -216,8 +236,13 @@ class Bench:
     def _variants(self, workload: str, latency_ms: float, first_latency: bool) -> list[Variant]:
         out = [Variant.named(v) for v in self.o.variants]
         if self.o.overhead and workload == "noop" and "all" in self.o.variants:
-            if first_latency:  # instrumentation overhead: the same variant without metrics
-                out.append(Variant("all-nometrics", Variant.named("all").flags, metrics=False))
+            if first_latency:  # instrumentation overhead: the same variant without metrics, and with traces
+                flags = Variant.named("all").flags
+                out.append(Variant("all-nometrics", flags, metrics=False))
+                otlp = (("OTEL_TRACES_EXPORTER", "otlp"), ("OTEL_EXPORTER_OTLP_ENDPOINT", self._otlp_sink()))
+                out.append(Variant("all-tracing1pct", flags, env=(*otlp, ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                                                                  ("OTEL_TRACES_SAMPLER_ARG", "0.01"))))  # fmt: skip
+                out.append(Variant("all-tracing", flags, env=(*otlp, ("OTEL_TRACES_SAMPLER", "always_on"))))
             if latency_ms == 0:  # the proxy's overhead: the same variant connected directly
                 out.append(Variant("all-direct", Variant.named("all").flags, direct=True))
         return out

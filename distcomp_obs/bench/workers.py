@@ -35,6 +35,7 @@ class Variant:
     flags: tuple[str, ...]
     metrics: bool = True
     direct: bool = False
+    env: tuple[tuple[str, str], ...] = ()  # extra environment (the tracing control runs)
 
     @staticmethod
     def named(name: str) -> Variant:
@@ -89,6 +90,9 @@ class WorkerGroup:
                 argv.append("--no-metrics")
             log_path = self.log_dir / f"{self.prefix.rstrip(':')}-{name}.log"
             env = {**os.environ, "DISTCOMP_LOG_LEVEL": "WARNING", "OTEL_SDK_DISABLED": "true"}
+            if self.variant.env:
+                env.pop("OTEL_SDK_DISABLED")
+                env.update(dict(self.variant.env))
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
             wp = WorkerProc(name, proc, url, log_path)
