@@ -11,7 +11,6 @@ Threads and their roles (Dramatiq's split):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue as stdqueue
@@ -35,7 +34,7 @@ from distcomp_obs.httpd import MetricsServer
 from distcomp_obs.metrics import OUTCOMES, TASK_TYPES, WorkerMetrics
 from distcomp_obs.queue import DUPLICATE, FAILED_FINAL, FINISHED, RETRIED, STALE, ClaimLimits, Queue, Report
 from distcomp_obs.redis_io import RoundTrips, connect, redact_url
-from distcomp_obs.task import Task, TaskType, parse_line
+from distcomp_obs.task import Task, parse_line
 from distcomp_obs.worker.buffer import Held, PrefetchBuffer, make_held
 from distcomp_obs.worker.guard import TaskGuard
 from distcomp_obs.worker.polling import NO_WAIT, Wait, adaptive_wait, fixed_wait
@@ -757,18 +756,3 @@ class Worker:
                 if not final or self.hard_stop.is_set() or attempts > 20:
                     return
                 time.sleep(min(2.0, 0.05 * 2**attempts))
-
-    # ------------------------------------------------------------------ for `run`, tests and the bench
-    def counts(self) -> dict[str, int]:
-        return {"finished": self.finished, "failed": self.failed, "buffered": len(self.buffer)}
-
-
-def task_type_of(line: str) -> str:
-    try:
-        return parse_line(line).type.value
-    except Exception:
-        return TaskType.SHELL.value
-
-
-def dumps_status(worker: Worker) -> str:
-    return json.dumps(worker._status())
