@@ -491,10 +491,13 @@ def test_clock_skew_on_one_worker(
     tasks = [logged_task(i, log) for i in range(20)]
     # fails on the skewed worker only (it has the env var), so it must be retried on the other
     tasks.append(f'shell:5:0:0:[ -z "$SKEWED" ] && echo {tmp_path}')
-    skewed = start_worker(pipeline, "--concurrency", "2", name="skewed", env={**env, "SKEWED": "1"})
+    # A 5 s lease, not the 1 s of FAST: this test is about clocks, and a loaded CI machine can stall
+    # a heartbeat past 1 s, which would look like the expiry this test must not see.
+    slack = ("--lease", "5", "--heartbeat-interval", "0.5")
+    skewed = start_worker(pipeline, "--concurrency", "2", *slack, name="skewed", env={**env, "SKEWED": "1"})
     try:
         wait_until(lambda: "skewed" in queue.workers(), 15, what="skewed worker registered")
-        normal = start_worker(pipeline, "--concurrency", "2", name="normal")
+        normal = start_worker(pipeline, "--concurrency", "2", *slack, name="normal")
         wait_until(lambda: "normal" in queue.workers(), 15, what="normal worker registered")
         queue.submit(tasks)
         wait_done(queue, len(tasks))
