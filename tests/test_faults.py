@@ -336,16 +336,17 @@ def test_redis_unreachable_then_back(
 def test_latency_spike_through_proxy_no_false_reaping(
     redis_server: RedisServer, queue: Queue, prefix: str, start_worker: StartWorker, tmp_path: Path
 ) -> None:
-    """F10: every command delayed by 150 ms (lease 1 s, heartbeat 0.2 s): slower, but no worker
-    is reaped and nothing runs twice."""
+    """F10: every command delayed by 150 ms (lease 3 s, heartbeat 0.3 s: a spike well inside the
+    lease, with room for a loaded CI machine): slower, but no worker is reaped and nothing runs twice."""
     proxy = FaultProxy(redis_server.port).start()
     try:
         log = tmp_path / "exec.log"
         tasks = [logged_task(i, log) for i in range(30)]
         queue.submit(tasks)
         proxy.delay_s = 0.15
-        start_worker("--concurrency", "2", "--prefetch", "4", url=proxy.url)
-        start_worker("--concurrency", "2", "--prefetch", "4", url=proxy.url)
+        slack = ("--lease", "3", "--heartbeat-interval", "0.3")
+        start_worker("--concurrency", "2", "--prefetch", "4", *slack, url=proxy.url)
+        start_worker("--concurrency", "2", "--prefetch", "4", *slack, url=proxy.url)
         wait_done(queue, len(tasks), timeout=40)
         assert executions(log) == {str(i): 1 for i in range(30)}
         assert int(queue.stats().get("reaped", 0)) == 0
