@@ -553,9 +553,14 @@ class Worker:
             self._return([held], outcome.killed_for)
             if tt is not None and self.tracer is not None:
                 self.tracer.returned(tt, outcome.killed_for)
+            self.attention.set()
         else:
+            # Wake the fetch loop only for the first result of a batch: it then waits for the
+            # coalescing window itself, instead of being woken by every finishing task.
+            first = self.results.empty() and not self.unsent
             self.results.put(Result(held, outcome, duration, time.monotonic(), tt))
-        self.attention.set()
+            if first or self.stopping.is_set():
+                self.attention.set()
 
     def _return(self, held: list[Held], reason: str) -> None:
         """Give tasks back to the queue in one round trip (retried until Redis answers or hard stop)."""
