@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -469,41 +469,37 @@ class Queue:
         return str(event_id), dict(fields)
 
     # --- manager operations -------------------------------------------------------------------
-    def retry_failed(self) -> int:
-        """Put every failed-for-good task back in todo with a clean failure history."""
-        tasks = list(self.list_state("failed"))
-        k = self.keys
+    def _forget(
+        self, tasks: list[str], hashes: Sequence[str], after_each: Callable[[list[str]], object] | None = None
+    ) -> None:
+        """Delete these tasks' fields from `hashes`, one transaction per batch, then call
+        `after_each(batch)` (retry-failed resubmits each batch right after forgetting it)."""
         for start in range(0, len(tasks), DELETE_BATCH):
             chunk = tasks[start : start + DELETE_BATCH]
             pipe = self.r.pipeline(transaction=True)
-            for key in (k.failed_final, k.failed_tasks, k.attempts, k.reap_count, k.terminal_count, k.settled):
+            for key in hashes:
                 pipe.hdel(key, *chunk)
-            pipe.hdel(k.task_meta, *chunk)
-            # The stats counters are never decremented: the exporter serves them as Prometheus
-            # counters, and a decrease reads as a reset. A retry counts as a new submission.
             pipe.execute()
-            self.submit(chunk)
+            if after_each is not None:
+                after_each(chunk)
+
+    def retry_failed(self) -> int:
+        """Put every failed-for-good task back in todo with a clean failure history. The stats
+        counters are never decremented (the exporter serves them as Prometheus counters, and a
+        decrease reads as a reset): a retry counts as a new submission."""
+        tasks = list(self.list_state("failed"))
+        k = self.keys
+        hashes = (k.failed_final, k.failed_tasks, k.attempts, k.reap_count, k.terminal_count, k.settled, k.task_meta)
+        self._forget(tasks, hashes, after_each=self.submit)
         return len(tasks)
 
     def purge_finished(self) -> int:
         """Forget finished tasks (so the same lines can be submitted again)."""
         tasks = list(self.list_state("finished"))
         k = self.keys
-        for start in range(0, len(tasks), DELETE_BATCH):
-            chunk = tasks[start : start + DELETE_BATCH]
-            pipe = self.r.pipeline(transaction=True)
-            for key in (
-                k.finished_tasks,
-                k.task_meta,
-                k.terminal_count,
-                k.settled,
-                k.attempts,
-                k.failed_tasks,
-                k.task_fail_reason,
-                k.reap_count,
-            ):
-                pipe.hdel(key, *chunk)
-            pipe.execute()
+        hashes = (k.finished_tasks, k.task_meta, k.terminal_count, k.settled, k.attempts, k.failed_tasks,
+                  k.task_fail_reason, k.reap_count)  # fmt: skip
+        self._forget(tasks, hashes)
         return len(tasks)
 
     def requeue_dead(self, older_than_s: float) -> tuple[list[str], int]:

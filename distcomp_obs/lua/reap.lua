@@ -27,7 +27,7 @@ for i = 0, #ARGV - 6 do
     if redis.call('SCARD', owned_key) == 0 then
       local raw = redis.call('HGET', K.status, name)
       local seen = raw and cjson.decode(raw).seen_ms or 0
-      if seen + forget_ms < now then
+      if now - seen >= forget_ms then
         redis.call('SREM', K.workers, name)
         redis.call('HDEL', K.status, name)
       end
