@@ -126,6 +126,11 @@ class WorkerProc:
         self.proc.wait(10)
 
     def stop(self, timeout: float = 30) -> int:
+        # A SIGTERM that lands while Python is still importing kills the process before its
+        # handlers exist (exit -15): wait (bounded) until the worker has logged its start.
+        deadline = time.monotonic() + 10
+        while self.proc.poll() is None and " started: " not in self.log() and time.monotonic() < deadline:
+            time.sleep(0.02)
         self.signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout)

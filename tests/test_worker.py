@@ -50,6 +50,9 @@ def test_every_flag_combination_drains_a_mixed_queue(queue: Queue, start_worker:
     flags = ["--pipeline" if pipeline else "--no-pipeline", "--prefetch", str(prefetch), "--polling", polling,
              "--poll-interval", "0.01", "--concurrency", "2", "--max-retry-per-task", "1"]  # fmt: skip
     workers = [start_worker(*flags, name="a"), start_worker(*flags, name="b")]
+    # Registered means started (signal handlers are installed before registration): one worker may
+    # drain everything before the other is up, and a SIGTERM during its start-up is not a drain.
+    wait_until(lambda: {"a", "b"} <= set(queue.workers()), timeout=30, what="both workers registered")
     wait_until(lambda: drained(queue, len(tasks)), timeout=60, what="queue drained")
     report = audit(queue, tasks, expect_done=True)
     assert report.ok, report.summary()
