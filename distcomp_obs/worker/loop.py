@@ -43,6 +43,8 @@ from distcomp_obs.worker.slots import Outcome, Running, run_task
 log = logging.getLogger(__name__)
 GB = 1024**3
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
+#: limits for a round trip that only reports
+NO_CLAIM = ClaimLimits(0.0, 0.0)
 #: most reports sent in one round trip (a long script blocks Redis for everyone)
 MAX_REPORT_BATCH = 500
 #: a lone result waits at most this long for others to share its report round trip (a report
@@ -259,16 +261,14 @@ class Worker:
         return want
 
     def _limits(self) -> ClaimLimits:
-        """Memory a claim may take: free memory above the floor, less what buffered tasks will need.
-        Below the floor nothing is claimed (-1 fits no task, not even one needing 0 GB)."""
-        available = psutil.virtual_memory().available / GB - self.s.min_free_dram_gb
+        """Memory a claim may take: free memory above the floor (as the heartbeat thread last read
+        it, every 0.25 s), less what buffered tasks will need. Below the floor nothing is claimed
+        (-1 fits no task, not even one needing 0 GB)."""
+        available = self.available_gb - self.s.min_free_dram_gb
         if available < 0:
             return ClaimLimits(free_dram_gb=-1.0, cpus=float(self.cores))
-        reserved = sum(h.task.min_dram_gb for h in self._held_unstarted()) if self._memory_bound_tasks() else 0.0
+        reserved = sum(h.task.min_dram_gb for h in self._held_unstarted())
         return ClaimLimits(free_dram_gb=max(0.0, available - reserved), cpus=float(self.cores))
-
-    def _memory_bound_tasks(self) -> bool:
-        return any(h.task.min_dram_gb > 0 for h in self._held_unstarted())
 
     def _held_unstarted(self) -> list[Held]:
         return list(self.buffer._heap)  # a snapshot; the GIL keeps list() of a list consistent
@@ -276,8 +276,6 @@ class Worker:
     def _fetch_loop(self) -> None:
         misses = 0
         last_fetch = 0.0
-        limits_at = 0.0
-        limits = ClaimLimits(0.0, float(self.cores))
         while not self.stopping.is_set():
             self._loop_beat = time.monotonic()
             self.attention.clear()
@@ -287,14 +285,9 @@ class Worker:
             if want and not fetch_due:
                 want = 0
             if want or self._reports_due():
-                if want and time.monotonic() - limits_at > 0.5:  # psutil costs ~20 us: not every cycle
-                    limits, limits_at = self._limits(), time.monotonic()
                 try:
-                    claimed, remaining = self._round_trip(want, limits)
-                except REDIS_DOWN as exc:
-                    self._redis_down(exc)
-                    continue
-                except RedisUnavailable as exc:
+                    claimed, remaining = self._round_trip(want, self._limits() if want else NO_CLAIM)
+                except (*REDIS_DOWN, RedisUnavailable) as exc:
                     self._redis_down(exc)
                     continue
                 if want:
@@ -755,7 +748,7 @@ class Worker:
         attempts = 0
         while self.unsent:
             try:
-                self._round_trip(0, ClaimLimits(0.0, 0.0))
+                self._round_trip(0, NO_CLAIM)
             except REDIS_DOWN:
                 attempts += 1
                 if not final or self.hard_stop.is_set() or attempts > 20:
