@@ -10,7 +10,7 @@ left waiting or running either.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from distcomp_obs.queue import Queue
@@ -37,20 +37,33 @@ def _sample(items: Iterable[str], n: int = 5) -> str:
     return ", ".join(repr(i) for i in items[:n]) + more
 
 
+def _text(value: object) -> str:
+    """One reply item as text (the queue's client decodes replies; a raw client would not)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _members(values: Iterable[object]) -> set[str]:
+    return {_text(v) for v in values}
+
+
+def _fields(mapping: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in mapping.items()}
+
+
 def audit(q: Queue, submitted: Iterable[str] | None = None, expect_done: bool = False) -> AuditReport:
     k, r = q.keys, q.r
     rep = AuditReport()
-    todo_index = set(r.zrange(k.todo_index, 0, -1))
-    todo = set(r.hkeys(k.todo_tasks))
-    in_progress = r.hgetall(k.in_progress_tasks)
-    claims = set(r.hkeys(k.claims))
-    finished = set(r.hkeys(k.finished_tasks))
-    failed = r.hgetall(k.failed_final)
-    reasons = r.hgetall(k.task_fail_reason)
-    terminal = r.hgetall(k.terminal_count)
-    known = set(r.hkeys(k.task_meta))
+    todo_index = _members(r.zrange(k.todo_index, 0, -1))
+    todo = _members(r.hkeys(k.todo_tasks))
+    in_progress = _fields(r.hgetall(k.in_progress_tasks))
+    claims = _members(r.hkeys(k.claims))
+    finished = _members(r.hkeys(k.finished_tasks))
+    failed = _fields(r.hgetall(k.failed_final))
+    reasons = _fields(r.hgetall(k.task_fail_reason))
+    terminal = _fields(r.hgetall(k.terminal_count))
+    known = _members(r.hkeys(k.task_meta))
     workers = q.workers()
-    owned: dict[str, set[str]] = {name: set(r.smembers(k.owned(name))) for name in workers}
+    owned: dict[str, set[str]] = {name: _members(r.smembers(k.owned(name))) for name in workers}
     rep.counts = {
         "submitted": len(known),
         "todo": len(todo_index),
@@ -69,7 +82,7 @@ def audit(q: Queue, submitted: Iterable[str] | None = None, expect_done: bool = 
         "in-progress tasks without a claim (or claims without a task)",
         set(in_progress) ^ claims,
     )
-    all_owned = set().union(*owned.values()) if owned else set()
+    all_owned: set[str] = set().union(*owned.values())
     problem(set(in_progress) - all_owned != set(), "in-progress tasks no worker owns", set(in_progress) - all_owned)
     for name, tasks in owned.items():
         if tasks and not workers[name]["live"]:

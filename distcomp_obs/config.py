@@ -7,6 +7,7 @@ and what is expected, before anything touches Redis. DistComp's conf.json keys a
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 from collections.abc import Mapping
@@ -20,6 +21,9 @@ import yaml
 from distcomp_obs.errors import ConfigError
 from distcomp_obs.keys import DEFAULT_PREFIX
 from distcomp_obs.redis_io import redact_url
+
+#: environment variable that carries a worker's Settings as JSON (`distcomp run` -> `python -m distcomp_obs.worker`)
+WORKER_SETTINGS_ENV = "DISTCOMP_WORKER_SETTINGS"
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.@")
 
@@ -88,6 +92,10 @@ class Settings:
     def __repr__(self) -> str:
         return f"Settings({', '.join(f'{k}={v!r}' for k, v in self.redacted().items())})"
 
+    def to_json(self) -> str:
+        """Every field, unredacted (the password too: keep it off argv and logs); `settings_from_json` reads it."""
+        return json.dumps(asdict(self), sort_keys=True)
+
 
 def variant_name(pipeline: bool, prefetch: int, polling: str, poll_interval_s: float) -> str:
     parts = (["pipeline"] if pipeline else []) + ([f"prefetch{prefetch}"] if prefetch else [])
@@ -119,7 +127,18 @@ def _check_url(url: str) -> None:
 
 
 def validate(s: Settings) -> None:
+    """Raise ConfigError naming the first invalid value (the checks always run in this order)."""
     _check_url(s.redis_url)
+    _check_identity_and_protocol(s)
+    _check_limits(s)
+    host, _, port = s.metrics_addr.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError("metrics_addr", s.metrics_addr, "HOST:PORT with a port from 0 to 65535")
+    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("log_level", s.log_level, "DEBUG, INFO, WARNING or ERROR")
+
+
+def _check_identity_and_protocol(s: Settings) -> None:
     if not s.prefix or any(c.isspace() for c in s.prefix):
         raise ConfigError("prefix", s.prefix, "a non-empty key prefix without spaces")
     if s.name and (not set(s.name) <= NAME_CHARS or len(s.name) > 128):
@@ -130,6 +149,9 @@ def validate(s: Settings) -> None:
         raise ConfigError("prefetch", s.prefetch, "an integer from 0 to 10000")
     if s.polling not in ("adaptive", "fixed"):
         raise ConfigError("polling", s.polling, "'adaptive' or 'fixed'")
+
+
+def _check_limits(s: Settings) -> None:
     for name in ("poll_interval_s", "task_timeout_s", "grace_period_s", "min_free_dram_gb"):
         _positive(name, getattr(s, name), allow_zero=True)
     for name in ("idle_max_wait_s", "heartbeat_interval_s", "lease_s", "reap_interval_s", "forget_dead_after_s"):
@@ -142,11 +164,6 @@ def validate(s: Settings) -> None:
         raise ConfigError("max_reaps", s.max_reaps, "an integer >= 1")
     if s.output_limit_bytes < 0:
         raise ConfigError("output_limit_bytes", s.output_limit_bytes, "an integer >= 0")
-    host, _, port = s.metrics_addr.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError("metrics_addr", s.metrics_addr, "HOST:PORT with a port from 0 to 65535")
-    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError("log_level", s.log_level, "DEBUG, INFO, WARNING or ERROR")
 
 
 FIELDS = {f.name: f for f in fields(Settings)}
@@ -262,3 +279,38 @@ def load_settings(
     if isinstance(values.get("log_level"), str):
         values["log_level"] = values["log_level"].upper()
     return Settings(**values)
+
+
+_JSON_EXPECTED = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}
+
+
+def _json_value(name: str, value: Any) -> Any:
+    """`value` of field `name` as read from JSON, with no coercion beyond int -> float."""
+    kind = str(FIELDS[name].type)
+    ok = {
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value),
+        "str": isinstance(value, str),
+    }.get(kind, False)
+    if not ok:
+        raise ConfigError(name, value, _JSON_EXPECTED.get(kind, "a string"))
+    return float(value) if kind == "float" else value
+
+
+def settings_from_json(text: str) -> Settings:
+    """Settings from `Settings.to_json()`: every field present, no unknown ones, each of its type, then
+    validated like any Settings. A bad field raises ConfigError naming it."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError("settings JSON", f"line {exc.lineno} column {exc.colno}", f"valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise ConfigError("settings JSON", type(data).__name__, "an object of setting: value")
+    for key in data:
+        if key not in FIELDS:
+            raise ConfigError(key, data[key], f"a known setting (one of: {', '.join(sorted(FIELDS))})")
+    missing = [name for name in FIELDS if name not in data]
+    if missing:
+        raise ConfigError(missing[0], None, "a value (a settings JSON carries every setting)")
+    return Settings(**{name: _json_value(name, value) for name, value in data.items()})

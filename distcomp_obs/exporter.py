@@ -25,7 +25,8 @@ from prometheus_client.registry import Collector
 
 from distcomp_obs import __version__
 from distcomp_obs.httpd import MetricsServer
-from distcomp_obs.queue import Queue, Snapshot
+from distcomp_obs.queue import Queue
+from distcomp_obs.records import Snapshot
 from distcomp_obs.redis_io import connect, redact_url
 
 log = logging.getLogger(__name__)

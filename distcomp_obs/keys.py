@@ -123,31 +123,45 @@ class Keys:
     def lease(self, worker: str) -> str:  # STRING incarnation, PX lease: liveness + name uniqueness
         return self._k(f"worker_lease:{worker}")
 
+    def script_keys(self, worker: str) -> list[str]:
+        """The KEYS every script receives, in SCRIPT_KEYS order, for one worker."""
+        return [self.owned(worker) if n == "owned" else self.lease(worker) if n == "lease" else getattr(self, n)
+                for n in SCRIPT_KEYS]  # fmt: skip
+
     def queue_keys(self) -> list[str]:
         """Every fixed key of this queue (per-worker keys come from the `workers` registry)."""
-        names = [
-            "todo_tasks",
-            "in_progress_tasks",
-            "finished_tasks",
-            "failed_tasks",
-            "task_fail_reason",
-            "worker_status",
-            "todo_index",
-            "todo_age",
-            "in_progress_age",
-            "task_meta",
-            "claims",
-            "settled",
-            "failed_final",
-            "attempts",
-            "reap_count",
-            "terminal_count",
-            "events",
-            "stats",
-            "seq",
-            "epoch",
-            "workers",
-            "stop_requested",
-            "reap_lock",
-        ]
-        return [getattr(self, n) for n in names]
+        return [getattr(self, n) for n in SCRIPT_KEYS if n not in ("wake_channel", "owned", "lease")]
+
+
+#: The KEYS layout of every script, in order. The Lua preamble (queue/scripts.py) is generated
+#: from it, naming KEYS[i] K.<name>, so this tuple is the only place the order is written; keys
+#: past its end are script specific (reap.lua's lease/owned pairs start at FIRST_EXTRA_KEY).
+SCRIPT_KEYS: tuple[str, ...] = (
+    "todo_index",
+    "todo_tasks",
+    "todo_age",
+    "in_progress_tasks",
+    "in_progress_age",
+    "claims",
+    "settled",
+    "finished_tasks",
+    "failed_tasks",
+    "task_fail_reason",
+    "failed_final",
+    "attempts",
+    "reap_count",
+    "terminal_count",
+    "events",
+    "stats",
+    "task_meta",
+    "seq",
+    "epoch",
+    "workers",
+    "worker_status",
+    "wake_channel",  # a channel, passed in KEYS for ACL and cluster tools
+    "reap_lock",
+    "stop_requested",
+    "owned",  # owned:{worker} of the calling worker
+    "lease",  # worker_lease:{worker} of the calling worker
+)
+FIRST_EXTRA_KEY = len(SCRIPT_KEYS) + 1  # Lua indexes from 1

@@ -80,7 +80,7 @@ def generate(
             break
         due = int(rate * (min(elapsed, duration_s) if duration_s else elapsed)) - submitted
         if due > 0:
-            lines = []
+            lines: list[str] = []
             for _ in range(due):
                 kind = rng.choices(kinds, weights)[0]
                 counts[kind] += 1

@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 # `_created` series double the series count and confuse users (celery-exporter #251, #304).
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 ROUNDTRIP_OPS = ("claim", "report", "heartbeat", "reap", "poll", "return", "submit", "reconcile")
 REDIS_ERRORS = ("connection", "timeout", "response", "script")
@@ -61,7 +61,12 @@ class WorkerMetrics:
 
     def __init__(self, registry: CollectorRegistry | None, buckets: dict[str, Sequence[float]] | None = None) -> None:
         self.enabled = registry is not None
-        b = {"roundtrip": ROUNDTRIP_BUCKETS, "wait": WAIT_BUCKETS, "duration": DURATION_BUCKETS, "sleep": SLEEP_BUCKETS}
+        b: dict[str, Sequence[float]] = {
+            "roundtrip": ROUNDTRIP_BUCKETS,
+            "wait": WAIT_BUCKETS,
+            "duration": DURATION_BUCKETS,
+            "sleep": SLEEP_BUCKETS,
+        }
         b.update(buckets or {})
 
         def hist(name: str, doc: str, labels: Sequence[str], buckets: Sequence[float]) -> Any:

@@ -163,25 +163,31 @@ class RedisServer:
             *self.extra_args,
         ]
         os.makedirs(self.dir, exist_ok=True)  # a caller-given directory may not exist yet
-        log = open(os.path.join(self.dir, "redis.log"), "ab")
-        # dies with whoever started it (run, tests, bench): no stray servers after a crash
-        self.process = subprocess.Popen(
-            args,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=lambda: die_with_parent(signal.SIGTERM),
-        )
+        # the child keeps its own copy of the log descriptor; ours is closed once it has started
+        with open(os.path.join(self.dir, "redis.log"), "ab") as log:
+            # dies with whoever started it (run, tests, bench): no stray servers after a crash
+            self.process = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=lambda: die_with_parent(signal.SIGTERM),
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RedisUnavailable(f"redis-server exited at start: see {self.dir}/redis.log")
-            try:
-                redis.Redis(unix_socket_path=self.socket, socket_timeout=1).ping()
+            if self._answers():
                 return self
-            except (redis.ConnectionError, FileNotFoundError, OSError):
-                time.sleep(0.02)
+            time.sleep(0.02)
         raise RedisUnavailable(f"redis-server did not answer within {timeout_s}s")
+
+    def _answers(self) -> bool:
+        try:
+            with redis.Redis(unix_socket_path=self.socket, socket_timeout=1) as client:
+                return bool(client.ping())
+        except (redis.ConnectionError, FileNotFoundError, OSError):
+            return False
 
     def stop(self, kill: bool = False) -> None:
         if self.process and self.process.poll() is None:

@@ -28,14 +28,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from distcomp_obs.queue import Claimed
     from distcomp_obs.worker.buffer import Held
 
-T = TypeVar("T")
+from distcomp_obs.records import ClaimResult, ReportCode
+
+R = TypeVar("R", ClaimResult, ReportCode)
 _enabled = False
 SYSTEM = "distcomp"
-#: settle report codes of queue.py (kept as literals: this module must not import the queue)
-_OUTCOME = {1: "finished", 2: "failed", 3: "retried", 0: "duplicate", -1: "stale"}
 
 
 def enabled() -> bool:
@@ -141,11 +140,11 @@ class WorkerTracer:
 
     # --- claim / report round trips ------------------------------------------------------------
     def wrap(
-        self, fn: Callable[..., T], traces: Sequence[TaskTrace | None], pipelined: bool = True
-    ) -> Callable[..., T]:
+        self, fn: Callable[..., R], traces: Sequence[TaskTrace | None], pipelined: bool = True
+    ) -> Callable[..., R]:
         """`fn` (Queue.settle, claim_unpipelined or report_unpipelined) with its spans around it."""
 
-        def call(*args: Any, **kwargs: Any) -> T:
+        def call(*args: Any, **kwargs: Any) -> R:
             self._begin(traces, pipelined)
             try:
                 result = fn(*args, **kwargs)
@@ -190,9 +189,8 @@ class WorkerTracer:
                 if ex:
                     return ex
             return None
-        # A pipelined claim returns [lease_ok, remaining, codes, task, token, meta, ...]: tasks
-        # came back if it is longer than 3. The receive span exists only then (no empty polls).
-        if pending.pipelined and isinstance(result, list) and len(result) > 3:
+        # The receive span exists only if tasks came back (no empty polls).
+        if pending.pipelined and isinstance(result, ClaimResult) and result.tasks:
             pending.receive = self._start_receive(pending.start_ns)
             return exemplar_of(pending.receive)
         return None
@@ -203,24 +201,26 @@ class WorkerTracer:
             f"receive {self.queue}", kind=self._kind.CLIENT, attributes=attrs, start_time=start_ns
         )
 
-    def _end(self, result: Any) -> None:
+    def _end(self, result: ClaimResult | ReportCode) -> None:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        claimed: Sequence[Claimed] = getattr(result, "tasks", ())
-        codes: Sequence[int] = [result] if isinstance(result, int) else getattr(result, "report_codes", ())
+        if isinstance(result, ReportCode):  # one report of the one-command protocol
+            claimed, codes = [], [result]
+        else:
+            claimed, codes = result.tasks, result.report_codes
         if claimed:
             span = pending.receive or self._start_receive(pending.start_ns)
             span.set_attribute("messaging.batch.message_count", len(claimed))
             for c in claimed:
-                ctx = self._creation_context(c.meta)
+                ctx = self._creation_context(c.trace_context)
                 if ctx is not None:
                     span.add_link(ctx, {"messaging.operation.type": "send"})
-                c.meta["_receive"] = span.get_span_context()  # in memory only: the process span links it
+                c.receive_link = span.get_span_context()  # the process span links it
             span.end()
         now = time.time_ns()
         for (tt, settle), code in zip(pending.settles, codes, strict=False):
-            outcome = _OUTCOME.get(code, str(code))
+            outcome = code.outcome
             settle.set_attribute("distcomp.report.outcome", outcome)
             if outcome == "stale":
                 settle.set_status(self._status(self._code.ERROR, "claim no longer ours"))
@@ -242,8 +242,7 @@ class WorkerTracer:
         if pending.receive is not None:
             pending.receive.end()
 
-    def _creation_context(self, meta: dict[str, Any]) -> Any:
-        carrier = meta.get("trace")
+    def _creation_context(self, carrier: str) -> Any:
         if not carrier:
             return None
         ctx = self._trace.get_current_span(self._propagate.extract(json.loads(carrier))).get_span_context()
@@ -252,14 +251,14 @@ class WorkerTracer:
     # --- tasks ---------------------------------------------------------------------------------
     def start_process(self, held: Held) -> TaskTrace:
         """When a slot starts a task: its process span (parent = submit context) and run span."""
-        meta = held.meta
-        parent = self._propagate.extract(json.loads(meta["trace"])) if meta.get("trace") else None
-        links = [self._link(meta["_receive"])] if meta.get("_receive") is not None else []
+        claim = held.claim
+        parent = self._propagate.extract(json.loads(claim.trace_context)) if claim.trace_context else None
+        links = [self._link(claim.receive_link)] if claim.receive_link is not None else []
         attrs = {
             **self.attrs,
             "messaging.operation.type": "process",
             "messaging.operation.name": "process",
-            "messaging.message.id": str(meta.get("seq", "")),
+            "messaging.message.id": str(claim.seq),
             "distcomp.task.type": held.task.type.value,
             "distcomp.task.priority": held.task.priority,
         }

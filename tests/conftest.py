@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,8 @@ from typing import Any
 import pytest
 
 from distcomp_obs.errors import RedisUnavailable
-from distcomp_obs.queue import Queue
+from distcomp_obs.netutil import free_port
+from distcomp_obs.queue import Queue, manager
 from distcomp_obs.redis_io import RedisServer, connect, find_redis_server
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -33,12 +33,6 @@ def require(condition: bool, what: str) -> None:
         if IN_CI:
             pytest.fail(f"prerequisite missing in CI: {what}")
         pytest.skip(f"prerequisite missing: {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02, what: str = "") -> Any:
@@ -77,7 +71,7 @@ def prefix() -> str:
 def queue(redis_url: str, prefix: str) -> Iterator[Queue]:
     q = Queue(connect(redis_url), prefix)
     yield q
-    q.reset()
+    manager.reset(q)
 
 
 @pytest.fixture

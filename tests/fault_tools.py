@@ -1,20 +1,19 @@
 """Helpers shared by the fault tests and the chaos soak: tasks that log every execution,
-execution counting, metric scraping and a minimal fault-injecting TCP proxy."""
+execution counting, metric scraping and the fault-injecting TCP proxy (the bench's, with the
+fault tests' knobs)."""
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import re
 import shlex
-import socket
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from distcomp_obs.audit import AuditReport, audit
+from distcomp_obs.bench.proxy import LatencyProxy
 from distcomp_obs.queue import Queue
 from tests.conftest import wait_until
 
@@ -71,107 +70,37 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class FaultProxy(LatencyProxy):
+    """The bench's proxy (distcomp_obs.bench.proxy) on 127.0.0.1, with the fault tests' two knobs:
 
-
-class FaultProxy:
-    """A TCP proxy on 127.0.0.1 in its own thread (asyncio), with two faults:
-
-    - `delay_s`: added before each chunk is forwarded to Redis (a latency spike);
+    - `delay_s`: added to each chunk on its way to Redis (a latency spike);
     - `drop_reply_on`: a predicate on request bytes; the next request it matches is forwarded to
       Redis, but the connection is cut before the reply comes back (a lost reply: the command ran).
-
-    (distcomp_obs.bench.proxy drops "the next reply" of any connection; these tests need to pick
-    the request whose reply is lost, a claim or a report.)
+      Unlike `drop_next_reply`, the test picks the request whose reply is lost (a claim or a report).
     """
 
     def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
-        self.delay_s = 0.0
-        self.drop_reply_on: Callable[[bytes], bool] | None = None
-        self.dropped = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._server: asyncio.AbstractServer | None = None
+        super().__init__(("127.0.0.1", target_port))
 
     @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
+    def delay_s(self) -> float:
+        return self.delays_ms[0] / 1000
 
-    def start(self) -> FaultProxy:
-        self._thread.start()
-        self._ready.wait(5)
-        return self
+    @delay_s.setter
+    def delay_s(self, seconds: float) -> None:
+        self.set_delays(seconds * 1000, self.delays_ms[1])
 
-    def stop(self) -> None:
-        def close() -> None:
-            if self._server:
-                self._server.close()
-            for task in asyncio.all_tasks(self._loop):
-                task.cancel()
-            self._loop.stop()
+    @property
+    def drop_reply_on(self) -> Callable[[bytes], bool] | None:
+        return self.reply_drop_armed
 
-        self._loop.call_soon_threadsafe(close)
-        self._thread.join(5)
+    @drop_reply_on.setter
+    def drop_reply_on(self, match: Callable[[bytes], bool] | None) -> None:
+        self.drop_reply_to(match)
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-
-        async def serve() -> None:
-            self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
-            self._ready.set()
-
-        self._loop.run_until_complete(serve())
-        self._loop.run_forever()
-
-    async def _client(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
-        try:
-            sreader, swriter = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            cwriter.close()
-            return
-        cut = asyncio.Event()
-
-        async def upstream() -> None:
-            while data := await creader.read(65536):
-                if self.delay_s:
-                    await asyncio.sleep(self.delay_s)
-                match = self.drop_reply_on
-                if match is not None and match(data):
-                    self.drop_reply_on = None
-                    cut.set()  # before forwarding: the reply must never reach the client
-                    swriter.write(data)
-                    await swriter.drain()
-                    self.dropped += 1
-                    await asyncio.sleep(0.2)  # let Redis run it, then lose the reply
-                    return
-                swriter.write(data)
-                await swriter.drain()
-
-        async def downstream() -> None:
-            while data := await sreader.read(65536):
-                if cut.is_set():
-                    return
-                cwriter.write(data)
-                await cwriter.drain()
-
-        tasks = [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            pass
-        for t in tasks:
-            t.cancel()
-        for w in (cwriter, swriter):
-            try:
-                w.close()
-            except Exception:
-                pass
+    @property
+    def dropped(self) -> int:
+        return self.dropped_replies
 
 
 def now() -> float:

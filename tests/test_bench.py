@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from distcomp_obs.bench.probes import histogram_quantile
-from distcomp_obs.bench.report import Figures, claims, combine, render_markdown, targets
+from distcomp_obs.bench.report import render_markdown
+from distcomp_obs.bench.verdicts import Figures, claims, combine, targets
 from distcomp_obs.errors import ConfigError
 from distcomp_obs.loadgen import parse_mix
 from distcomp_obs.queue import Queue

@@ -19,9 +19,10 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from distcomp_obs.exporter import parse_prefixes, queue_label, sd_target
-from distcomp_obs.queue import Queue
+from distcomp_obs.netutil import free_port
+from distcomp_obs.queue import Queue, manager
 from distcomp_obs.redis_io import RedisServer, connect
-from tests.conftest import REPO, distcomp_argv, free_port, require, run_cli, wait_until
+from tests.conftest import REPO, distcomp_argv, require, run_cli, wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -224,7 +225,7 @@ def test_sd_lists_live_and_killed_workers_until_forgotten(
 
     # The reaper returns its tasks but keeps the registration (`distcomp workers` shows it DEAD);
     # once forgotten it leaves discovery and the heartbeat series.
-    queue.forget_worker("doomed")
+    manager.forget_worker(queue, "doomed")
     assert [g["labels"]["worker"] for g in exporter.sd()] == ["alive"]
     m = exporter.scrape()
     assert value(m, "distcomp_workers", queue=q, state="stale") == 0
@@ -304,4 +305,4 @@ def test_several_queues_and_promtool(redis_url: str, prefix: str, queue: Queue, 
                              timeout=60)  # fmt: skip
         assert res.returncode == 0, res.stdout + res.stderr
     finally:
-        other.reset()
+        manager.reset(other)

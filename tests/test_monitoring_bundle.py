@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from distcomp_obs.netutil import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM_DIR = ROOT / "prometheus"
@@ -234,12 +235,6 @@ def substitute(expr: str) -> str:
         return SUBSTITUTIONS[name]
 
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", repl, expr)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_json(url: str, data: dict | None = None, timeout: float = 5.0) -> dict:

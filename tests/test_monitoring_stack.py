@@ -48,7 +48,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import FAST, IN_CI, REPO, WorkerProc, distcomp_argv, free_port, require
+from distcomp_obs.netutil import free_port
+from tests.conftest import FAST, IN_CI, REPO, WorkerProc, distcomp_argv, require
 
 # Typically ~25 s; every wait is a bounded poll, and the whole test is capped here.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]

@@ -119,3 +119,32 @@ def test_drop_next_reply(proxy: LatencyProxy, then_reset: bool) -> None:
     assert proxy.dropped_replies == 1
     assert int(client(proxy).get("proxy:dropped") or 0) == 1  # the command did run
     client(proxy).delete("proxy:dropped")
+
+
+def test_drop_reply_to_a_chosen_request(proxy: LatencyProxy) -> None:
+    """The fault tests' lost reply: only the request the predicate picks loses its reply; the
+    command runs, the client sees its connection end, later connections work."""
+    c = client(proxy, timeout=2.0)
+    c.set("proxy:picked", 0)
+    proxy.drop_reply_to(lambda data: b"proxy:picked" in data and b"INCR" in data.upper())
+    assert proxy.reply_drop_armed is not None
+    assert c.get("proxy:picked") in (b"0", "0")  # not matched: passes
+    with pytest.raises(redis.ConnectionError):
+        c.incr("proxy:picked")  # matched: executed by Redis, reply lost, connection closed
+    assert proxy.dropped_replies == 1 and proxy.reply_drop_armed is None
+    assert int(client(proxy).get("proxy:picked") or 0) == 1  # the command did run
+    assert client(proxy).incr("proxy:picked") == 2  # disarmed after one match
+    client(proxy).delete("proxy:picked")
+
+
+def test_drop_reply_to_waits_out_a_slow_request(proxy: LatencyProxy) -> None:
+    """With a one-way delay the matched request still reaches Redis before the connection closes."""
+    proxy.set_delays(up_ms=50.0, down_ms=0.0)
+    assert proxy.delays_ms == (50.0, 0.0)
+    c = client(proxy, timeout=2.0)
+    c.set("proxy:slow", 0)
+    proxy.drop_reply_to(lambda data: b"proxy:slow" in data and b"INCR" in data.upper(), linger_s=0.05)
+    with pytest.raises(redis.ConnectionError):
+        c.incr("proxy:slow")
+    assert int(client(proxy).get("proxy:slow") or 0) == 1
+    client(proxy).delete("proxy:slow")

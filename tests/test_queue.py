@@ -7,7 +7,12 @@ import threading
 import pytest
 
 from distcomp_obs.audit import audit
-from distcomp_obs.queue import DUPLICATE, FAILED_FINAL, FINISHED, RETRIED, STALE, ClaimLimits, Queue, Report
+from distcomp_obs.queue import Queue, manager
+from distcomp_obs.queue.distcomp import OneCommandProtocol
+from distcomp_obs.records import ClaimLimits, Report, ReportCode
+
+FINISHED, FAILED_FINAL, RETRIED = ReportCode.FINISHED, ReportCode.FAILED_FINAL, ReportCode.RETRIED
+DUPLICATE, STALE = ReportCode.DUPLICATE, ReportCode.STALE
 
 ROOMY = ClaimLimits(free_dram_gb=64.0, cpus=8.0)
 
@@ -22,20 +27,20 @@ def register(q: Queue, name: str) -> str:
 def claim(q: Queue, name: str, n: int, pipelined: bool, limits: ClaimLimits = ROOMY) -> list[tuple[str, str]]:
     inc = f"{name}.inc"
     if pipelined:
-        return [(c.task, c.token) for c in q.claim(name, inc, n, limits).tasks]
+        return [(c.line, c.token) for c in q.claim(name, inc, n, limits).tasks]
     got = []
     for _ in range(n):
-        result = q.claim_unpipelined(name, inc, limits)
+        result = OneCommandProtocol(q).claim(name, inc, limits)
         if not result.tasks:
             break
-        got += [(c.task, c.token) for c in result.tasks]
+        got += [(c.line, c.token) for c in result.tasks]
     return got
 
 
 def report(q: Queue, name: str, rep: Report, pipelined: bool, max_retry: int = 2) -> int:
     if pipelined:
         return q.settle(name, f"{name}.inc", [rep], 0, ROOMY, max_retry).report_codes[0]
-    return q.report_unpipelined(name, rep, max_retry)
+    return OneCommandProtocol(q).report(name, rep, max_retry)
 
 
 both = pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "unpipelined"])
@@ -208,10 +213,10 @@ def test_reset_deletes_only_this_queue(queue: Queue, redis_url: str) -> None:
     register(queue, "w")
     queue.submit(["shell:1:0:0:x"])
     claim(queue, "w", 1, True)
-    queue.reset()
+    manager.reset(queue)
     assert queue.r.exists(queue.keys.todo_index, queue.keys.owned("w"), queue.keys.lease("w")) == 0
     assert other.counts()["todo"] == 1
-    other.reset()
+    manager.reset(other)
 
 
 def test_retry_failed_and_purge_finished(queue: Queue) -> None:
@@ -220,9 +225,9 @@ def test_retry_failed_and_purge_finished(queue: Queue) -> None:
     for task, token in claim(queue, "w", 2, True):
         outcome = "finished" if "good" in task else "failed"
         report(queue, "w", Report(task, token, outcome, "x"), True, max_retry=0)
-    assert queue.retry_failed() == 1
+    assert manager.retry_failed(queue) == 1
     assert queue.todo_in_order() == ["shell:1:0:0:bad"]
-    assert queue.purge_finished() == 1
+    assert manager.purge_finished(queue) == 1
     assert queue.submit(["shell:1:0:0:good"]) == 1  # forgotten, so it can run again
     assert audit(queue).ok
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from distcomp_obs.queue import Queue
+from distcomp_obs.netutil import free_port
+from distcomp_obs.queue import Queue, manager
 from distcomp_obs.redis_io import RedisServer, connect
-from tests.conftest import REPO, WorkerProc, free_port, require, run_cli
+from tests.conftest import REPO, WorkerProc, require, run_cli
 from tests.fault_tools import assert_audit, wait_done
 
 StartWorker = Callable[..., WorkerProc]
@@ -58,7 +59,7 @@ def test_reset_deletes_only_its_own_prefix(queue: Queue, redis_url: str, prefix:
         assert queue.counts()["known"] == 0
         assert other.counts()["known"] == 1 and queue.r.get("unrelated:key") == "keep"
     finally:
-        other.reset()
+        manager.reset(other)
         queue.r.delete("unrelated:key")
 
 
@@ -146,4 +147,4 @@ def test_worker_over_rediss_tls(tls_redis: tuple[RedisServer, int, Path], prefix
     r = run_cli("status", "--redis-url", f"rediss://:tls-test-pw@127.0.0.1:{port}/0", "--prefix", prefix)
     assert r.returncode == 2 and "certificate" in r.stderr.lower() and "Traceback" not in r.stderr
     assert_audit(q, tasks)
-    q.reset()
+    manager.reset(q)

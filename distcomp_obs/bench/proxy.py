@@ -8,7 +8,7 @@ however many chunks it was split into.
 
 asyncio's own timers have 1 ms granularity (epoll timeouts are whole milliseconds), which would
 turn a 0.5 ms one-way delay into ~1 ms; deliveries are therefore timed by a Linux timerfd
-(nanosecond deadlines, no busy-waiting), falling back to loop.call_at elsewhere.
+(nanosecond deadlines, no busy-waiting), falling back to loop.call_at elsewhere (timers.py).
 
 The proxy runs its event loop in a background thread; every control method is thread-safe.
 """
@@ -17,96 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
-import heapq
-import itertools
-import os
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
+
+from distcomp_obs.bench.timers import EPSILON_S, Timers
 
 Upstream = tuple[str, int] | str  # (host, port) or a unix socket path
-
-#: chunks due within this much of now are written in the same wake-up
-_EPSILON_S = 20e-6
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-class _Itimerspec(ctypes.Structure):
-    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
-
-
-def _libc() -> Any:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.timerfd_create  # noqa: B018 - probe: not every libc has it
-        return libc
-    except (OSError, AttributeError):
-        return None
-
-
-_CLOCK_MONOTONIC, _TFD_TIMER_ABSTIME, _TFD_NONBLOCK, _TFD_CLOEXEC = 1, 1, 0o4000, 0o2000000
-
-
-class _Timers:
-    """Callbacks at absolute time.monotonic() deadlines, with sub-millisecond precision.
-
-    One timerfd armed at the earliest deadline, watched by the event loop: it wakes when due
-    without spinning. (time.monotonic() is CLOCK_MONOTONIC on Linux, the timerfd's clock.)
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
-        self._seq = itertools.count()
-        self._armed_at: float | None = None
-        self._libc = _libc()
-        self._fd = -1
-        if self._libc is not None:
-            fd = self._libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
-            if fd >= 0:
-                self._fd = fd
-                loop.add_reader(fd, self._fire)
-
-    def call_at(self, deadline: float, callback: Callable[[], None]) -> None:
-        heapq.heappush(self._heap, (deadline, next(self._seq), callback))
-        if self._armed_at is None or deadline < self._armed_at:
-            self._arm(deadline)
-
-    def _arm(self, deadline: float) -> None:
-        self._armed_at = deadline
-        if self._fd < 0:
-            self.loop.call_at(self.loop.time() + max(0.0, deadline - time.monotonic()), self._fire)
-            return
-        sec = int(deadline)
-        spec = _Itimerspec(_Timespec(0, 0), _Timespec(sec, max(1, int((deadline - sec) * 1e9))))
-        self._libc.timerfd_settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None)
-
-    def _fire(self) -> None:
-        if self._fd >= 0:
-            try:
-                os.read(self._fd, 8)
-            except BlockingIOError:
-                pass
-        self._armed_at = None
-        now = time.monotonic()
-        while self._heap and self._heap[0][0] <= now + _EPSILON_S:
-            _, _, callback = heapq.heappop(self._heap)
-            callback()
-        if self._heap:
-            self._arm(self._heap[0][0])
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            self.loop.remove_reader(self._fd)
-            os.close(self._fd)
-            self._fd = -1
 
 
 class _Direction:
@@ -123,14 +43,8 @@ class _Direction:
 
     def feed(self, data: bytes) -> None:
         p = self.proxy
-        if p._blackhole:
-            return
-        if not self.upward and p._drop_replies > 0:
-            p._drop_replies -= 1
-            p.dropped_replies += 1
-            if p._reset_after_drop:
-                self.conn.reset()
-            return
+        if p._faults and p._fault(self, data):
+            return  # dropped: the only cost of the fault hooks without a fault is the check above
         delay = p._up_s if self.upward else p._down_s
         due = max(time.monotonic() + delay, self.last_due)  # never overtake an earlier chunk
         self.last_due = due
@@ -145,7 +59,7 @@ class _Direction:
         if self.target is None:
             return  # upstream still connecting: flushed once it is
         now = time.monotonic()
-        while self.pending and self.pending[0][0] <= now + _EPSILON_S:
+        while self.pending and self.pending[0][0] <= now + EPSILON_S:
             self.target.write(self.pending.popleft()[1])
         if self.pending:
             self.proxy._timers.call_at(self.pending[0][0], self.flush)
@@ -162,7 +76,8 @@ class _Side(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        assert isinstance(transport, asyncio.Transport)  # a stream socket's
+        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         self.incoming.feed(data)
@@ -200,6 +115,7 @@ class _Side(asyncio.Protocol):
 class _Connection:
     def __init__(self, proxy: LatencyProxy) -> None:
         self.proxy = proxy
+        self.cut = False  # a request's reply is being lost: nothing passes either way until it closes
         self.up = _Direction(proxy, self, upward=True)
         self.down = _Direction(proxy, self, upward=False)
         self.client = _Side(self, self.up)
@@ -247,6 +163,10 @@ class _Connection:
 
     def discard(self) -> None:
         self.proxy._connections.discard(self)
+        if self.cut:
+            self.cut = False
+            self.proxy._cut -= 1
+            self.proxy._rearm()
 
 
 class LatencyProxy:
@@ -255,7 +175,9 @@ class LatencyProxy:
     Faults: `refuse()` (new connections refused), `blackhole()` (everything silently dropped,
     new connections accepted but never answered), `reset_connections()` (RST every open
     connection), `drop_next_reply()` (the next chunk from Redis vanishes; optionally the
-    connection is then reset). `heal()` ends refuse and blackhole.
+    connection is then reset), `drop_reply_to(match)` (the next request chunk that `match`
+    accepts reaches Redis, its reply never comes back and the connection is closed).
+    `heal()` ends refuse and blackhole.
     """
 
     def __init__(self, upstream: Upstream, port: int = 0, rtt_ms: float = 0.0) -> None:
@@ -265,12 +187,17 @@ class LatencyProxy:
         self._blackhole = False
         self._drop_replies = 0
         self._reset_after_drop = False
+        self._drop_match: Callable[[bytes], bool] | None = None
+        self._linger_s = 0.2
+        self._cut = 0  # connections cut by drop_reply_to, not yet closed
+        #: any fault armed: the one attribute the data path reads when there is none
+        self._faults = False
         self.dropped_replies = 0
         self.accepted = 0
         self._connections: set[_Connection] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
-        self._timers: _Timers
+        self._timers: Timers
         self._thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------- lifecycle
@@ -280,16 +207,16 @@ class LatencyProxy:
 
     @property
     def precise_timers(self) -> bool:
-        return self._timers._fd >= 0
+        return self._timers.precise
 
-    def start(self) -> LatencyProxy:
+    def start(self) -> Self:
         ready = threading.Event()
         self._loop = asyncio.new_event_loop()
 
         def main() -> None:
             assert self._loop is not None
             asyncio.set_event_loop(self._loop)
-            self._timers = _Timers(self._loop)
+            self._timers = Timers(self._loop)
             self._loop.run_until_complete(self._listen())
             ready.set()
             self._loop.run_forever()
@@ -330,7 +257,7 @@ class LatencyProxy:
         self._loop = None
         self._thread = None
 
-    def __enter__(self) -> LatencyProxy:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *_: object) -> None:
@@ -359,6 +286,40 @@ class LatencyProxy:
         return (self._up_s + self._down_s) * 1000
 
     # ---------------------------------------------------------------- faults
+    def _rearm(self) -> None:
+        """Recompute `_faults` (on the loop, after any fault state changed)."""
+        self._faults = self._blackhole or self._drop_replies > 0 or self._drop_match is not None or self._cut > 0
+
+    def _fault(self, d: _Direction, data: bytes) -> bool:
+        """Apply the armed faults to one chunk; True if it must not be forwarded."""
+        conn = d.conn
+        if self._blackhole:
+            return True
+        if conn.cut:
+            if not d.upward:
+                conn.close()  # the lost reply arrived: the client sees the connection end instead
+            return True
+        if d.upward:
+            match = self._drop_match
+            if match is None or not match(data):
+                return False
+            self._drop_match = None
+            conn.cut = True  # set before forwarding: no byte of the reply may reach the client
+            self._cut += 1
+            self._rearm()
+            self.dropped_replies += 1
+            assert self._loop is not None
+            self._loop.call_later(self._up_s + self._linger_s, conn.close)  # if no reply comes first
+            return False
+        if self._drop_replies > 0:
+            self._drop_replies -= 1
+            self.dropped_replies += 1
+            self._rearm()
+            if self._reset_after_drop:
+                conn.reset()
+            return True
+        return False
+
     def refuse(self, on: bool = True) -> None:
         """Stop listening (clients get ECONNREFUSED), or listen again on the same port."""
 
@@ -377,6 +338,7 @@ class LatencyProxy:
 
         async def apply() -> None:
             self._blackhole = on
+            self._rearm()
 
         self._call(apply)
 
@@ -400,8 +362,31 @@ class LatencyProxy:
 
         async def apply() -> None:
             self._drop_replies, self._reset_after_drop = n, then_reset
+            self._rearm()
 
         self._call(apply)
+
+    def drop_reply_to(self, match: Callable[[bytes], bool] | None, linger_s: float = 0.2) -> None:
+        """Lose the reply to one chosen request: the next chunk from a client that `match`
+        accepts is forwarded to Redis (the command runs), then that connection goes silent both
+        ways and is closed when the reply arrives (dropped), or `linger_s` after the request
+        reached Redis. Counted in `dropped_replies`. None disarms."""
+
+        async def apply() -> None:
+            self._drop_match, self._linger_s = match, linger_s
+            self._rearm()
+
+        self._call(apply)
+
+    @property
+    def reply_drop_armed(self) -> Callable[[bytes], bool] | None:
+        """The predicate `drop_reply_to` armed, until a request matches it."""
+        return self._drop_match
+
+    @property
+    def delays_ms(self) -> tuple[float, float]:
+        """The one-way delays (up: client -> Redis, down: Redis -> client), in ms."""
+        return self._up_s * 1000, self._down_s * 1000
 
     @property
     def open_connections(self) -> int:

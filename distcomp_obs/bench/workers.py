@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distcomp_obs.netutil import free_port
 from distcomp_obs.queue import Queue
 
 #: the variants the bench knows: worker flags that select each (DESIGN.md §3)
@@ -42,12 +42,6 @@ class Variant:
         if name not in VARIANT_FLAGS:
             raise ValueError(f"unknown variant {name!r} (known: {', '.join(VARIANT_FLAGS)})")
         return Variant(name, tuple(VARIANT_FLAGS[name]))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

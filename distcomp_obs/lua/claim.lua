@@ -1,5 +1,5 @@
 -- claim.lua: claim up to n tasks for one worker in one atomic round trip.
--- KEYS: the common layout of lib.lua (KEYS[25] owned:{worker}, KEYS[26] worker_lease:{worker}).
+-- KEYS: keys.SCRIPT_KEYS (K.owned and K.lease are this worker's).
 -- ARGV[1] worker  ARGV[2] incarnation  ARGV[3] n  ARGV[4] free_dram_gb  ARGV[5] cpus  ARGV[6] window
 -- Returns {status, remaining, task1, token1, meta1, ...}; status 1 = ok, -1 = lease lost (nothing claimed).
 if redis.call('GET', K.lease) ~= ARGV[2] then return {-1, 0} end

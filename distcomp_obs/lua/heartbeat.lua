@@ -1,5 +1,5 @@
 -- heartbeat.lua: renew this worker's lease and publish its status, in one round trip.
--- KEYS: the common layout of lib.lua.
+-- KEYS: keys.SCRIPT_KEYS.
 -- ARGV[1] worker  ARGV[2] incarnation  ARGV[3] lease_ms  ARGV[4] status JSON
 -- Returns {lease (1 renewed, 0 expired and re-taken by us, -1 held by another process),
 --          epoch or false, stop_requested or false, registered worker names}
@@ -20,5 +20,5 @@ redis.call('SADD', K.workers, ARGV[1])
 local status = cjson.decode(ARGV[4])
 status.seen_ms = now_ms()  -- server time: liveness checks in scripts must not trust worker clocks
 status.lease_ms = tonumber(ARGV[3])
-redis.call('HSET', K.status, ARGV[1], cjson.encode(status))
+redis.call('HSET', K.worker_status, ARGV[1], cjson.encode(status))
 return {state, redis.call('GET', K.epoch), redis.call('GET', K.stop_requested), redis.call('SMEMBERS', K.workers)}

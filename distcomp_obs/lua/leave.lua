@@ -1,11 +1,11 @@
 -- leave.lua: a worker that stops cleanly gives up its name. It stays registered (for the
 -- reaper and `distcomp workers`) only if it still holds tasks, which the reaper then returns.
--- KEYS: the common layout of lib.lua.
+-- KEYS: keys.SCRIPT_KEYS.
 -- ARGV[1] worker  ARGV[2] incarnation
 -- Returns 1 when deregistered, 0 when tasks remain (left to the reaper), -1 if the lease was not ours.
 if redis.call('GET', K.lease) ~= ARGV[2] then return -1 end
 redis.call('DEL', K.lease)
 if redis.call('SCARD', K.owned) > 0 then return 0 end
 redis.call('SREM', K.workers, ARGV[1])
-redis.call('HDEL', K.status, ARGV[1])
+redis.call('HDEL', K.worker_status, ARGV[1])
 return 1

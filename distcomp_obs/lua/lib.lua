@@ -1,45 +1,10 @@
--- lib.lua: shared by every script (queue.py prepends it to each script body).
---
--- Every script takes the same KEYS layout (one queue, one worker), so each step can use any
--- record without building key names in Lua:
---   KEYS[1]  todo_index        ZSET task -> (MAX_PRIORITY-priority)*2^32+seq
---   KEYS[2]  todo_tasks        HASH task -> submit time ms
---   KEYS[3]  todo_age          ZSET task -> claimable since (ms)
---   KEYS[4]  in_progress_tasks HASH task -> worker
---   KEYS[5]  in_progress_age   ZSET task -> claim time (ms)
---   KEYS[6]  claims            HASH task -> claim token
---   KEYS[7]  settled           HASH task -> token that recorded its terminal state
---   KEYS[8]  finished_tasks    HASH task -> stdout
---   KEYS[9]  failed_tasks      HASH task -> ",w1,w2," workers it failed on
---   KEYS[10] task_fail_reason  HASH task -> last reason
---   KEYS[11] failed_final      HASH task -> reason (failed for good)
---   KEYS[12] attempts          HASH task -> failed attempts
---   KEYS[13] reap_count        HASH task -> reaps
---   KEYS[14] terminal_count    HASH task -> terminal records (audit)
---   KEYS[15] events            STREAM terminal transitions (capped)
---   KEYS[16] stats             HASH counters
---   KEYS[17] task_meta         HASH task -> JSON {seq, submitted_ms, trace}
---   KEYS[18] seq               STRING counter
---   KEYS[19] epoch             STRING
---   KEYS[20] workers           SET registered workers
---   KEYS[21] worker_status     HASH worker -> JSON heartbeat
---   KEYS[22] wake channel      (PUBLISH target; a channel, passed in KEYS for ACL/cluster tools)
---   KEYS[23] reap_lock         STRING
---   KEYS[24] stop_requested    STRING
---   KEYS[25] owned:{worker}    SET tasks held by this script's worker
---   KEYS[26] worker_lease:{worker}  STRING incarnation with PX expiry
---   KEYS[27..] script specific (reap.lua: lease/owned pairs of the workers to check)
-
-local K = {
-  todo_index = KEYS[1], todo_tasks = KEYS[2], todo_age = KEYS[3], in_progress = KEYS[4],
-  in_progress_age = KEYS[5], claims = KEYS[6], settled = KEYS[7], finished = KEYS[8],
-  failed_on = KEYS[9], fail_reason = KEYS[10], failed_final = KEYS[11], attempts = KEYS[12],
-  reap_count = KEYS[13], terminal_count = KEYS[14], events = KEYS[15], stats = KEYS[16],
-  meta = KEYS[17], seq = KEYS[18], epoch = KEYS[19], workers = KEYS[20], status = KEYS[21],
-  wake = KEYS[22], reap_lock = KEYS[23], stop_requested = KEYS[24], owned = KEYS[25], lease = KEYS[26],
-}
-local MAX_PRIORITY = 1000000
-local EVENTS_MAXLEN = 100000
+-- lib.lua: the steps shared by every script. queue/scripts.py prepends a generated preamble
+-- (from keys.SCRIPT_KEYS and records.py) to it and to each script body:
+--   K.<name>         KEYS[i] named as in keys.py (K.owned and K.lease: the calling worker's)
+--   FIRST_EXTRA_KEY  index of the first script-specific key (reap.lua's lease/owned pairs)
+--   CODE.<NAME>      report codes (records.ReportCode)
+--   MAX_PRIORITY, EVENTS_MAXLEN
+-- so the key order, codes and constants are written once, in Python.
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -59,7 +24,7 @@ end
 
 local function score_of(task)
   local seq = 0
-  local raw = redis.call('HGET', K.meta, task)
+  local raw = redis.call('HGET', K.task_meta, task)
   if raw then seq = cjson.decode(raw).seq or 0 end
   return score(task_fields(task), seq)
 end
@@ -73,7 +38,7 @@ local function terminal(task, token, kind, now)
 end
 
 local function release(task, owned_key)
-  redis.call('HDEL', K.in_progress, task)
+  redis.call('HDEL', K.in_progress_tasks, task)
   redis.call('ZREM', K.in_progress_age, task)
   redis.call('HDEL', K.claims, task)
   redis.call('SREM', owned_key, task)
@@ -94,7 +59,7 @@ local function requeue(task, owned_key, now)
   -- A finished/failed record without terminal_count (the commit point) is a report the
   -- unpipelined protocol wrote before crashing: uncommitted, so drop it, or the re-run would
   -- leave the task in two states (found by the crash-point test in tests/test_faults.py).
-  redis.call('HDEL', K.finished, task)
+  redis.call('HDEL', K.finished_tasks, task)
   redis.call('HDEL', K.failed_final, task)
   redis.call('ZADD', K.todo_index, score_of(task), task)
   redis.call('HSET', K.todo_tasks, task, now)
@@ -108,7 +73,7 @@ local function fail_for_good(task, token, reason, owned_key, now)
   redis.call('HDEL', K.todo_tasks, task)
   redis.call('ZREM', K.todo_age, task)
   redis.call('HSET', K.failed_final, task, reason)
-  redis.call('HSET', K.fail_reason, task, reason)
+  redis.call('HSET', K.task_fail_reason, task, reason)
   redis.call('HINCRBY', K.stats, 'failed', 1)
   terminal(task, token, 'failed', now)
 end
@@ -135,7 +100,7 @@ local function claim(worker, incarnation, n, free_dram, cpus, window, now)
   for _, task in ipairs(candidates) do
     local _, dram, cpu = task_fields(task)
     if dram <= free_dram and cpu <= cpus then
-      local failed_on = redis.call('HGET', K.failed_on, task)
+      local failed_on = redis.call('HGET', K.failed_tasks, task)
       if not failed_on or not string.find(failed_on, marker, 1, true) then
         picked[#picked + 1] = task
         free_dram = free_dram - dram
@@ -151,13 +116,13 @@ local function claim(worker, incarnation, n, free_dram, cpus, window, now)
     redis.call('ZREM', K.todo_index, task)
     redis.call('HDEL', K.todo_tasks, task)
     redis.call('ZREM', K.todo_age, task)
-    redis.call('HSET', K.in_progress, task, worker)
+    redis.call('HSET', K.in_progress_tasks, task, worker)
     redis.call('ZADD', K.in_progress_age, now, task)
     redis.call('HSET', K.claims, task, token)
     redis.call('SADD', K.owned, task)
     out[#out + 1] = task
     out[#out + 1] = token
-    out[#out + 1] = redis.call('HGET', K.meta, task) or '{}'
+    out[#out + 1] = redis.call('HGET', K.task_meta, task) or '{}'
   end
   return out
 end
@@ -167,7 +132,7 @@ end
 local function someone_else_can_retry(failed_on, now)
   for _, name in ipairs(redis.call('SMEMBERS', K.workers)) do
     if not string.find(failed_on, ',' .. name .. ',', 1, true) then
-      local raw = redis.call('HGET', K.status, name)
+      local raw = redis.call('HGET', K.worker_status, name)
       if raw then
         local st = cjson.decode(raw)
         if st.seen_ms and st.lease_ms and st.seen_ms + st.lease_ms >= now then return true end
@@ -181,40 +146,40 @@ end
 -- unless the name holds it again under a newer claim (a worker restarted under the same name
 -- while an old incarnation woke up): removing it then would hide it from the reaper.
 local function disown(task, worker)
-  if redis.call('HGET', K.in_progress, task) ~= worker then
+  if redis.call('HGET', K.in_progress_tasks, task) ~= worker then
     redis.call('SREM', K.owned, task)
   end
 end
 
--- Record one result. Returns 1 finished, 2 failed for good, 3 failed and requeued for retry,
--- 0 duplicate of a report already recorded with this token, -1 stale (token no longer current).
+-- Record one result; returns a CODE: FINISHED, FAILED_FINAL, RETRIED (failed, requeued for
+-- retry), DUPLICATE (already recorded with this token), STALE (token no longer current).
 local function report_one(worker, task, token, outcome, payload, max_retry, now)
   if redis.call('HGET', K.claims, task) ~= token then
     disown(task, worker)
-    if redis.call('HGET', K.settled, task) == token then return 0 end
+    if redis.call('HGET', K.settled, task) == token then return CODE.DUPLICATE end
     redis.call('HINCRBY', K.stats, 'stale_reports', 1)
-    return -1
+    return CODE.STALE
   end
   if outcome == 'finished' then
     release(task, K.owned)
-    redis.call('HSET', K.finished, task, payload)
+    redis.call('HSET', K.finished_tasks, task, payload)
     redis.call('HINCRBY', K.stats, 'finished', 1)
     terminal(task, token, 'finished', now)
-    return 1
+    return CODE.FINISHED
   end
-  local failed_on = (redis.call('HGET', K.failed_on, task) or ',') .. worker .. ','
-  redis.call('HSET', K.failed_on, task, failed_on)
-  redis.call('HSET', K.fail_reason, task, payload)
+  local failed_on = (redis.call('HGET', K.failed_tasks, task) or ',') .. worker .. ','
+  redis.call('HSET', K.failed_tasks, task, failed_on)
+  redis.call('HSET', K.task_fail_reason, task, payload)
   local attempts = redis.call('HINCRBY', K.attempts, task, 1)
   if attempts > max_retry then
     fail_for_good(task, token, payload, K.owned, now)
-    return 2
+    return CODE.FAILED_FINAL
   end
   if not someone_else_can_retry(failed_on, now) then
     fail_for_good(task, token, payload .. ' [not retried: it failed on every live worker]', K.owned, now)
-    return 2
+    return CODE.FAILED_FINAL
   end
   requeue(task, K.owned, now)
   redis.call('HINCRBY', K.stats, 'retried', 1)
-  return 3
+  return CODE.RETRIED
 end

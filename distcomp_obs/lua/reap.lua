@@ -1,5 +1,5 @@
 -- reap.lua: return the tasks of workers whose lease expired (leaderless, under a lock).
--- KEYS: the common layout of lib.lua, then pairs KEYS[27+2i] worker_lease:{w}, KEYS[28+2i] owned:{w}.
+-- KEYS: keys.SCRIPT_KEYS, then pairs worker_lease:{w}, owned:{w} from KEYS[FIRST_EXTRA_KEY].
 -- ARGV[1] lock token  ARGV[2] lock ms  ARGV[3] max tasks this call  ARGV[4] max reaps per task
 -- ARGV[5] forget after ms: a dead worker holding nothing and unseen this long is deregistered
 -- (until then it stays listed, so `distcomp workers`, /sd and the down alerts still show it).
@@ -12,11 +12,11 @@ local max_reaps = tonumber(ARGV[4])
 local returned, failed = 0, 0
 local forget_ms = tonumber(ARGV[5])
 for i = 0, #ARGV - 6 do
-  local lease_key, owned_key = KEYS[27 + 2 * i], KEYS[28 + 2 * i]
+  local lease_key, owned_key = KEYS[FIRST_EXTRA_KEY + 2 * i], KEYS[FIRST_EXTRA_KEY + 1 + 2 * i]
   local name = ARGV[6 + i]
   if redis.call('EXISTS', lease_key) == 0 then
     for _, task in ipairs(redis.call('SRANDMEMBER', owned_key, budget)) do
-      if redis.call('HGET', K.in_progress, task) == name or not redis.call('HGET', K.claims, task) then
+      if redis.call('HGET', K.in_progress_tasks, task) == name or not redis.call('HGET', K.claims, task) then
         local r, f = reap_one(task, owned_key, max_reaps, now)
         returned, failed = returned + r, failed + f
       else
@@ -25,11 +25,11 @@ for i = 0, #ARGV - 6 do
       budget = budget - 1
     end
     if redis.call('SCARD', owned_key) == 0 then
-      local raw = redis.call('HGET', K.status, name)
+      local raw = redis.call('HGET', K.worker_status, name)
       local seen = raw and cjson.decode(raw).seen_ms or 0
       if now - seen >= forget_ms then
         redis.call('SREM', K.workers, name)
-        redis.call('HDEL', K.status, name)
+        redis.call('HDEL', K.worker_status, name)
       end
     end
   end
@@ -37,7 +37,7 @@ for i = 0, #ARGV - 6 do
 end
 if returned > 0 then
   redis.call('HINCRBY', K.stats, 'reaped', returned)
-  redis.call('PUBLISH', K.wake, 'submit 0')
+  redis.call('PUBLISH', K.wake_channel, 'submit 0')
 end
 if redis.call('GET', K.reap_lock) == ARGV[1] then redis.call('DEL', K.reap_lock) end
 return {returned, failed}

@@ -1,5 +1,5 @@
 -- requeue.lua: return held tasks to todo (SIGTERM, memory pressure, restart, reconciliation).
--- KEYS: the common layout of lib.lua.
+-- KEYS: keys.SCRIPT_KEYS.
 -- ARGV[1] worker  ARGV[2] max_reaps: 0, or (restart: a previous incarnation died holding these)
 -- count a death per task as the reaper does, so a task that kills a worker restarted under the
 -- same name is still caught as poison. Then pairs task, token. An empty token means "whatever
@@ -14,7 +14,7 @@ for i = 3, #ARGV, 2 do
   local current = redis.call('HGET', K.claims, task)
   local mine
   if token == '' then
-    mine = redis.call('HGET', K.in_progress, task) == worker or not current
+    mine = redis.call('HGET', K.in_progress_tasks, task) == worker or not current
   else
     mine = current == token
   end
@@ -28,6 +28,6 @@ for i = 3, #ARGV, 2 do
 end
 if n > 0 then
   redis.call('HINCRBY', K.stats, 'returned', n)
-  redis.call('PUBLISH', K.wake, 'submit 0')
+  redis.call('PUBLISH', K.wake_channel, 'submit 0')
 end
 return n

@@ -1,11 +1,11 @@
 -- settle.lua: record a batch of results and, in the same atomic round trip, claim the next
 -- batch (BullMQ's finish-and-fetch): a steady-state worker cycle costs one round trip.
--- KEYS: the common layout of lib.lua.
+-- KEYS: keys.SCRIPT_KEYS.
 -- ARGV[1] worker  ARGV[2] incarnation  ARGV[3] claim n (0 = report only)  ARGV[4] free_dram_gb
 -- ARGV[5] cpus  ARGV[6] window  ARGV[7] max_retry  ARGV[8] number of reports r,
 -- then r groups of 4: task, token, outcome (finished|failed), payload (stdout or reason).
 -- Returns {lease_ok (1/-1), remaining, {code per report}, task1, token1, meta1, ...}
--- with codes as report_one in lib.lua.
+-- with a CODE per report (report_one in lib.lua).
 local now = now_ms()
 local max_retry = tonumber(ARGV[7])
 local r = tonumber(ARGV[8])
@@ -14,10 +14,10 @@ local retried = false
 for i = 0, r - 1 do
   local b = 9 + i * 4
   local code = report_one(ARGV[1], ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], max_retry, now)
-  if code == 3 then retried = true end
+  if code == CODE.RETRIED then retried = true end
   codes[#codes + 1] = code
 end
-if retried then redis.call('PUBLISH', K.wake, 'submit 0') end
+if retried then redis.call('PUBLISH', K.wake_channel, 'submit 0') end
 local lease_ok = redis.call('GET', K.lease) == ARGV[2]
 local out = {}
 if lease_ok then

@@ -11,36 +11,56 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from distcomp_obs.task import Task
+from distcomp_obs.records import Claimed
+from distcomp_obs.task import Task, parse_line
 
 
 @dataclass(order=True)
 class Held:
     """A task this worker holds: its claim token fences its report."""
 
-    sort_key: tuple[int, int] = field(compare=True)
-    line: str = field(compare=False)
+    sort_key: tuple[int, int] = field(compare=True)  # highest priority first, then submit order
+    claim: Claimed = field(compare=False)
     task: Task = field(compare=False)
-    token: str = field(compare=False)
-    meta: dict[str, Any] = field(compare=False)
     claimed_at: float = field(compare=False)  # time.time()
     started_at: float = field(default=0.0, compare=False)
 
+    @property
+    def line(self) -> str:
+        return self.claim.line
 
-def make_held(line: str, task: Task, token: str, meta: dict[str, Any]) -> Held:
-    return Held((-task.priority, int(meta.get("seq", 0))), line, task, token, meta, time.time())
+    @property
+    def token(self) -> str:
+        return self.claim.token
+
+
+def make_held(claim: Claimed, claimed_at: float) -> Held:
+    task = parse_line(claim.line)
+    return Held((-task.priority, claim.seq), claim, task, claimed_at)
 
 
 class PrefetchBuffer:
+    """Shared by the fetch loop (puts) and the slots (takes); every access holds its lock."""
+
     def __init__(self) -> None:
         self._heap: list[Held] = []
         self._cond = threading.Condition()
         self._closed = False
 
     def __len__(self) -> int:
-        return len(self._heap)
+        with self._cond:
+            return len(self._heap)
+
+    def unstarted(self) -> list[Held]:
+        """A snapshot of what is buffered."""
+        with self._cond:
+            return list(self._heap)
+
+    def reserved_gb(self) -> float:
+        """Memory the buffered tasks will need when they start."""
+        with self._cond:
+            return sum(h.task.min_dram_gb for h in self._heap)
 
     def put_many(self, items: list[Held]) -> None:
         if not items:

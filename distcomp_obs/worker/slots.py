@@ -1,138 +1,153 @@
-"""Running one task: shell and python tasks as subprocesses, builtins in-process.
+"""SlotPool: `concurrency` threads that take tasks from the buffer and run them.
 
-A subprocess is started directly (no extra fork per task, no preexec_fn: Python's fast vfork
-path) in its own session, and registered with the worker's TaskGuard, which kills its whole
-process group if the worker dies: a killed worker's tasks must not keep running while the
-reaper hands them to someone else. Output is spooled to temporary files and only a bounded
-slice is kept, so a task printing gigabytes costs disk, not worker memory.
+The pool owns the table of running tasks, behind its lock; other threads ask it (how many run,
+how many cores they use, which started last, which lines it holds) or tell it to kill.
+A finished task goes to Results; a task the worker killed (memory pressure, shutdown) is
+handed back to the queue through `give_back`, not reported.
 """
 
 from __future__ import annotations
 
-import os
-import shlex
-import signal
-import subprocess
-import sys
-import tempfile
+import logging
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
 
-from distcomp_obs.task import Task, TaskType
+from distcomp_obs import tracing
+from distcomp_obs.config import Settings
+from distcomp_obs.metrics import WorkerMetrics
+from distcomp_obs.task import Task
+from distcomp_obs.worker import policy
+from distcomp_obs.worker.buffer import Held, PrefetchBuffer
+from distcomp_obs.worker.execute import Outcome, Running, run_task
 from distcomp_obs.worker.guard import TaskGuard
+from distcomp_obs.worker.results import Result, Results
+from distcomp_obs.worker.wake import WakeSignal
+
+log = logging.getLogger(__name__)
+GiveBack = Callable[[list[Held], str], None]
 
 
-@dataclass
-class Outcome:
-    ok: bool
-    output: str  # stdout on success, the reason on failure
-    killed_for: str = ""  # set when the worker killed it (memory_pressure, shutdown): return, not fail
+class Memory:
+    """Free memory as last read (by the heartbeat thread, every 0.25 s: not per task)."""
+
+    def __init__(self, available_gb: float) -> None:
+        self.available_gb = available_gb  # one writer: the heartbeat thread
 
 
-def bounded_text(data: bytes, limit: int, keep_tail: bool = False) -> str:
-    """Decode as UTF-8 (bad bytes replaced), keeping at most `limit` bytes."""
-    if len(data) > limit:
-        data = data[-limit:] if keep_tail else data[:limit]
-        marker = f"[... {len(data)} of more bytes kept]"
-        text = data.decode("utf-8", "replace")
-        return f"{marker} {text}" if keep_tail else f"{text} {marker}"
-    return data.decode("utf-8", "replace")
+class SlotPool:
+    def __init__(
+        self,
+        settings: Settings,
+        buffer: PrefetchBuffer,
+        results: Results,
+        wake: WakeSignal,
+        metrics: WorkerMetrics,
+        memory: Memory,
+        cores: int,
+        stopping: threading.Event,
+    ) -> None:
+        self.s = settings
+        self.buffer = buffer
+        self.results = results
+        self.wake = wake
+        self.m = metrics
+        self.memory = memory
+        self.cores = cores
+        self.stopping = stopping  # the worker's: no more tasks start once set
+        self._lock = threading.Lock()
+        self._running: dict[str, tuple[Held, Running]] = {}  # token -> task in a slot
+        self._threads: list[threading.Thread] = []
+        self.tracer: tracing.WorkerTracer | None = None
+        self.guard: TaskGuard | None = None
+        self.give_back: GiveBack = lambda held, reason: None
 
+    # --- what other threads may ask ----------------------------------------------------------
+    def busy(self) -> int:
+        with self._lock:
+            return len(self._running)
 
-class Running:
-    """A task in a slot; the worker may kill it (memory pressure, timeout, shutdown)."""
+    def cores_used(self) -> float:
+        with self._lock:
+            return sum(h.task.min_cpu for h, _ in self._running.values())
 
-    def __init__(self) -> None:
-        self.process: subprocess.Popen[bytes] | None = None
-        self.kill_reason = ""
-        self.cancel = threading.Event()
+    def lines(self) -> set[str]:
+        with self._lock:
+            return {h.line for h, _ in self._running.values()}
 
-    def kill(self, reason: str) -> None:
-        self.kill_reason = reason
-        self.cancel.set()
-        proc = self.process
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+    def newest(self) -> tuple[Held, Running] | None:
+        """The task that started last (the one memory pressure kills)."""
+        with self._lock:
+            if not self._running:
+                return None
+            return max(self._running.values(), key=lambda pair: pair[0].started_at)
 
+    def kill_all(self, reason: str) -> None:
+        with self._lock:
+            running = [r for _, r in self._running.values()]
+        for r in running:
+            r.kill(reason)
 
-def _read(handle: tempfile.SpooledTemporaryFile[bytes] | object, limit: int, tail: bool) -> str:
-    f = handle  # type: ignore[assignment]
-    size = f.seek(0, os.SEEK_END)  # type: ignore[attr-defined]
-    f.seek(max(0, size - limit - 1) if tail else 0)  # type: ignore[attr-defined]
-    data = f.read(limit + 1)  # type: ignore[attr-defined]
-    return bounded_text(data, limit, keep_tail=tail)
+    # --- the slot threads ----------------------------------------------------------------------
+    def start(self, guard: TaskGuard, give_back: GiveBack, tracer: tracing.WorkerTracer | None) -> None:
+        self.guard, self.give_back, self.tracer = guard, give_back, tracer
+        for i in range(self.s.concurrency):
+            thread = threading.Thread(target=self._slot_loop, name=f"slot-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
+    def join(self, timeout_s: float) -> None:
+        for thread in self._threads:
+            thread.join(timeout=timeout_s)
 
-def run_task(task: Task, running: Running, timeout_s: float, output_limit: int, guard: TaskGuard | None = None,
-             ) -> Outcome:  # fmt: skip
-    if task.type is TaskType.BUILTIN:
-        return _run_builtin(task, running, timeout_s)
-    if task.type is TaskType.SHELL:
-        argv = ["/bin/sh", "-c", task.params]
-    else:
+    def _fits(self, task: Task) -> bool:
+        cores_used = self.cores_used() if task.min_cpu > 0 else 0.0
+        return policy.fits(task, self.memory.available_gb, self.s.min_free_dram_gb, cores_used, self.cores)
+
+    def _slot_loop(self) -> None:
+        while not self.stopping.is_set():
+            held, fill = self.buffer.take(self._fits, timeout=1.0)
+            if held is None:
+                continue
+            self.m.buffer_occupancy_tasks.labels("take").observe(fill - 1)
+            left = len(self.buffer)
+            self.m.buffer_tasks.set(left)
+            if policy.below_low_water(left, self.s.prefetch):
+                self.wake.poke()  # refill
+            self._run_one(held)
+
+    def _started(self, held: Held, running: Running) -> None:
+        held.started_at = time.time()
+        with self._lock:
+            self._running[held.token] = (held, running)
+            self.m.slots_busy.set(len(self._running))
+        self.m.tasks_started.labels(held.task.type.value).inc()
+        self.m.task_buffer_wait_seconds.observe(held.started_at - held.claimed_at)
+        submitted = held.claim.submitted_s
+        if submitted:
+            self.m.task_pickup_delay_seconds.observe(max(0.0, held.started_at - submitted))
+
+    def _run_one(self, held: Held) -> None:
+        running = Running()
+        self._started(held, running)
+        tracer = self.tracer
+        tt = None if tracer is None else tracer.start_process(held)  # spans start with the task
+        start = time.perf_counter()
         try:
-            argv = [sys.executable, *shlex.split(task.params)]
-        except ValueError as exc:
-            return Outcome(False, f"cannot split python params: {exc}")
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            return Outcome(False, f"cannot start task: {exc}")
-        if guard is not None:
-            guard.watch(proc.pid)  # its own session: process group id == pid
-        try:
-            return _wait(proc, running, timeout_s, output_limit, out, err)
-        finally:
-            if guard is not None:
-                guard.forget(proc.pid)
-
-
-def _wait(proc: subprocess.Popen[bytes], running: Running, timeout_s: float, output_limit: int, out: Any,
-          err: Any) -> Outcome:  # fmt: skip
-    """Wait for a started task (killing it on timeout) and turn its exit into an Outcome."""
-    running.process = proc
-    if running.cancel.is_set():  # killed before it started
-        running.kill(running.kill_reason)
-    try:
-        code = proc.wait(timeout_s or None)
-    except subprocess.TimeoutExpired:
-        running.kill("timeout")
-        code = proc.wait()
-    if running.kill_reason and running.kill_reason != "timeout":
-        return Outcome(False, f"killed by the worker ({running.kill_reason})", running.kill_reason)
-    if running.kill_reason == "timeout":
-        return Outcome(
-            False, f"timed out after {timeout_s:g}s (task_timeout_s); stderr: {_read(err, output_limit, tail=True)}"
-        )
-    if code == 0:
-        return Outcome(True, _read(out, output_limit, tail=False))
-    cause = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-    return Outcome(False, f"{cause}; stderr: {_read(err, output_limit, tail=True)}".strip())
-
-
-def _run_builtin(task: Task, running: Running, timeout_s: float) -> Outcome:
-    words = task.params.split()
-    if words[0] == "noop":
-        return Outcome(True, "")
-    if words[0] == "fail":
-        return Outcome(False, "builtin fail: " + " ".join(words[1:]) if len(words) > 1 else "builtin fail")
-    seconds = float(words[1])
-    limit = seconds if not timeout_s else min(seconds, timeout_s)
-    start = time.monotonic()
-    if running.cancel.wait(limit):
-        return Outcome(False, f"killed by the worker ({running.kill_reason})", running.kill_reason)
-    if timeout_s and time.monotonic() - start >= timeout_s and seconds > timeout_s:
-        return Outcome(False, f"timed out after {timeout_s:g}s (task_timeout_s)")
-    return Outcome(True, "")
+            outcome = run_task(held.task, running, self.s.task_timeout_s, self.s.output_limit_bytes, self.guard)
+        except Exception as exc:  # a bug in running must fail the task, not kill the slot
+            log.exception("worker %s: error running %r", self.s.name, held.line)
+            outcome = Outcome(False, f"worker error: {exc!r}")
+        duration = time.perf_counter() - start
+        if tt is not None and tracer is not None:
+            tracer.ran(tt, outcome.ok, outcome.output)
+        with self._lock:
+            self._running.pop(held.token, None)
+            self.m.slots_busy.set(len(self._running))
+        if outcome.killed_for:
+            self.give_back([held], outcome.killed_for)
+            if tt is not None and tracer is not None:
+                tracer.returned(tt, outcome.killed_for)
+            self.wake.poke()
+        elif self.results.put(Result(held, outcome, duration, time.monotonic(), tt)) or self.stopping.is_set():
+            self.wake.poke()

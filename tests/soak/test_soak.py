@@ -17,13 +17,15 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from distcomp_obs.audit import audit
+from distcomp_obs.audit import AuditReport, audit
+from distcomp_obs.netutil import free_port
 from distcomp_obs.queue import Queue
 from distcomp_obs.redis_io import RedisServer, connect
-from tests.conftest import WorkerProc, free_port, wait_until
+from tests.conftest import WorkerProc, wait_until
 from tests.fault_tools import executions
 
 TASKS = int(os.environ.get("DISTCOMP_SOAK_TASKS", "2000"))
@@ -66,93 +68,126 @@ def soak_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.cleanup()
 
 
-def test_chaos_soak(soak_redis: RedisServer, prefix: str, start_worker: StartWorker, tmp_path: Path) -> None:
-    rng = random.Random(int(os.environ.get("DISTCOMP_SOAK_SEED", "0")) or None)
-    url = soak_redis.url
-    log = tmp_path / "executions.log"
-    tasks, failing = mixed_tasks(TASKS, log, rng)
-    q = Queue(connect(url), prefix)
-    q.submit(tasks)
-    flags = ["--concurrency", str(CONCURRENCY), "--prefetch", "8", "--max-retry-per-task", "2", *TIMINGS]  # fmt: skip
-    live: dict[str, WorkerProc] = {}
-    serial = 0
+class Chaos:
+    """The soak's workers and faults: spawns, kills (SIGKILL/SIGTERM, some restarted under the
+    same name), one Redis restart; counts each fault for the duplicate bound."""
 
-    def spawn(name: str | None = None) -> None:
-        nonlocal serial
-        serial += 1
-        name = name or f"s{serial}"
-        live[name] = start_worker(*flags, name=name, url=url, fast=False, env={"DISTCOMP_MAX_REAPS": str(MAX_REAPS)})
+    def __init__(self, redis_server: RedisServer, prefix: str, start_worker: StartWorker, rng: random.Random) -> None:
+        self.redis, self.prefix, self.start_worker, self.rng = redis_server, prefix, start_worker, rng
+        self.url = redis_server.url
+        self.flags = ["--concurrency", str(CONCURRENCY), "--prefetch", "8", "--max-retry-per-task", "2", *TIMINGS]
+        self.live: dict[str, WorkerProc] = {}
+        self.serial = 0
+        self.stats = {"sigkill": 0, "sigterm": 0, "redis_restarts": 0, "restarts_same_name": 0}
+        self.q = Queue(connect(self.url), prefix)
 
-    for _ in range(WORKERS):
-        spawn()
-    stats = {"sigkill": 0, "sigterm": 0, "redis_restarts": 0, "restarts_same_name": 0}
-    t0 = time.monotonic()
-    redis_restart_at = t0 + CHAOS_S * rng.uniform(0.3, 0.6)
-    while time.monotonic() - t0 < CHAOS_S:
-        time.sleep(rng.uniform(0.3, 1.5))  # chaos pacing, not a timing assertion
-        if redis_restart_at and time.monotonic() >= redis_restart_at:
-            soak_redis.stop(kill=rng.random() < 0.5)
-            time.sleep(rng.uniform(0.5, 2.0))  # Redis down for a moment
-            soak_redis.start()
-            q = Queue(connect(url), prefix)
-            stats["redis_restarts"] += 1
-            redis_restart_at = 0
-            continue
-        for name, w in list(live.items()):  # reap exits (refused same-name restarts, drained)
+    def spawn(self, name: str | None = None) -> None:
+        self.serial += 1
+        name = name or f"s{self.serial}"
+        self.live[name] = self.start_worker(*self.flags, name=name, url=self.url, fast=False,
+                                            env={"DISTCOMP_MAX_REAPS": str(MAX_REAPS)})  # fmt: skip
+
+    def fill(self) -> None:
+        while len(self.live) < WORKERS:
+            self.spawn()
+
+    def restart_redis(self) -> None:
+        self.redis.stop(kill=self.rng.random() < 0.5)
+        time.sleep(self.rng.uniform(0.5, 2.0))  # Redis down for a moment
+        self.redis.start()
+        self.q = Queue(connect(self.url), self.prefix)
+        self.stats["redis_restarts"] += 1
+
+    def forget_exited(self) -> None:
+        """Drop workers that exited by themselves (refused same-name restarts, drained)."""
+        for name, w in list(self.live.items()):
             if w.proc.poll() is not None:
-                del live[name]
-        action = rng.random()
-        if live and action < 0.45:
-            name = rng.choice(sorted(live))
-            sig = signal.SIGKILL if rng.random() < 0.6 else signal.SIGTERM
-            live[name].signal(sig)
-            stats["sigkill" if sig == signal.SIGKILL else "sigterm"] += 1
-            if rng.random() < 0.3:  # a supervisor restarting it under the same name
-                live[name].proc.wait(10)
-                del live[name]
-                spawn(name)
-                stats["restarts_same_name"] += 1
-        if len(live) < WORKERS:
-            spawn()
-    # Calm: enough healthy workers to drain, bounded.
-    while len(live) < WORKERS:
-        spawn()
+                del self.live[name]
 
-    def drained() -> bool:
-        c = q.counts()
-        return c["todo"] == 0 and c["in_progress"] == 0
+    def kill_one(self) -> None:
+        name = self.rng.choice(sorted(self.live))
+        sig = signal.SIGKILL if self.rng.random() < 0.6 else signal.SIGTERM
+        self.live[name].signal(sig)
+        self.stats["sigkill" if sig == signal.SIGKILL else "sigterm"] += 1
+        if self.rng.random() < 0.3:  # a supervisor restarting it under the same name
+            self.live[name].proc.wait(10)
+            del self.live[name]
+            self.spawn(name)
+            self.stats["restarts_same_name"] += 1
 
-    wait_until(drained, 60 + TASKS / 20, 0.5, what=f"queue drained after the chaos (now {q.counts()})")
-    for w in live.values():
-        w.stop(timeout=20)
-    q.reap(max_tasks=10_000, max_reaps=MAX_REAPS)
-    report = audit(q, submitted=tasks, expect_done=True)
+    def run(self, seconds: float) -> None:
+        t0 = time.monotonic()
+        redis_restart_at = t0 + seconds * self.rng.uniform(0.3, 0.6)
+        while time.monotonic() - t0 < seconds:
+            time.sleep(self.rng.uniform(0.3, 1.5))  # chaos pacing, not a timing assertion
+            if redis_restart_at and time.monotonic() >= redis_restart_at:
+                self.restart_redis()
+                redis_restart_at = 0
+                continue
+            self.forget_exited()
+            action = self.rng.random()  # drawn even with no worker live: a seed replays the same run
+            if self.live and action < 0.45:
+                self.kill_one()
+            if len(self.live) < WORKERS:
+                self.spawn()
 
+    @property
+    def kills(self) -> int:
+        return self.stats["sigkill"] + self.stats["sigterm"]
+
+
+def soak_summary(chaos: Chaos, tasks: list[str], failing: set[str], log: Path, report: AuditReport,
+                 elapsed_s: float) -> dict[str, Any]:  # fmt: skip
+    """The soak's figures; duplicates are executions beyond the first of a finished task."""
+    q, stats = chaos.q, chaos.stats
     counts = executions(log)
     finished = q.list_state("finished")
     failed = q.list_state("failed")
     finished_ids = {str(i) for i, t in enumerate(tasks) if t in finished}
-    never_ran = [i for i in finished_ids if counts[i] == 0]
-    duplicates = sum(counts[i] - 1 for i in finished_ids if counts[i] > 1)
-    kills = stats["sigkill"] + stats["sigterm"]
     # Each kill or grace-period kill re-runs at most what that worker was running; a Redis
     # restart can at worst expire every lease (all running tasks); lost replies are reconciled.
-    bound = CONCURRENCY * (kills + WORKERS * stats["redis_restarts"] * 2)
-    poisoned = [t for t, reason in failed.items() if "worker died" in reason]
-    summary = {
+    bound = CONCURRENCY * (chaos.kills + WORKERS * stats["redis_restarts"] * 2)
+    return {
         **stats, "tasks": TASKS, "chaos_s": CHAOS_S, "workers": WORKERS, "finished": len(finished),
         "failed": len(failed), "failing_by_design": len(failing), "executions": sum(counts.values()),
-        "duplicate_executions": duplicates, "duplicate_bound": bound, **{k: q.stats().get(k, 0) for k in
-                                                                         ("stale_reports", "reaped", "returned")},
-        "audit_ok": report.ok,
-        "audit": report.summary(), "elapsed_s": round(time.monotonic() - t0, 1),
+        "duplicate_executions": sum(counts[i] - 1 for i in finished_ids if counts[i] > 1),
+        "duplicate_bound": bound, **{k: q.stats().get(k, 0) for k in ("stale_reports", "reaped", "returned")},
+        "audit_ok": report.ok, "audit": report.summary(), "elapsed_s": round(elapsed_s, 1),
+        # not printed as figures: what the assertions look at
+        "never_ran": sorted(i for i in finished_ids if counts[i] == 0),
+        "failed_tasks": sorted(failed),
+        "poisoned": sorted(t for t, reason in failed.items() if "worker died" in reason),
     }  # fmt: skip
-    print("\nsoak:", json.dumps(summary, indent=2))
+
+
+def test_chaos_soak(soak_redis: RedisServer, prefix: str, start_worker: StartWorker, tmp_path: Path) -> None:
+    rng = random.Random(int(os.environ.get("DISTCOMP_SOAK_SEED", "0")) or None)
+    log = tmp_path / "executions.log"
+    tasks, failing = mixed_tasks(TASKS, log, rng)
+    chaos = Chaos(soak_redis, prefix, start_worker, rng)
+    chaos.q.submit(tasks)
+    chaos.fill()
+    t0 = time.monotonic()
+    chaos.run(CHAOS_S)
+    chaos.fill()  # calm: enough healthy workers to drain, bounded
+
+    def drained() -> bool:
+        c = chaos.q.counts()
+        return c["todo"] == 0 and c["in_progress"] == 0
+
+    wait_until(drained, 60 + TASKS / 20, 0.5, what=f"queue drained after the chaos (now {chaos.q.counts()})")
+    for w in chaos.live.values():
+        w.stop(timeout=20)
+    chaos.q.reap(max_tasks=10_000, max_reaps=MAX_REAPS)
+    report = audit(chaos.q, submitted=tasks, expect_done=True)
+    details = soak_summary(chaos, tasks, failing, log, report, time.monotonic() - t0)
+    never_ran, failed, poisoned = details.pop("never_ran"), details.pop("failed_tasks"), details.pop("poisoned")
+    print("\nsoak:", json.dumps(details, indent=2))
     if os.environ.get("DISTCOMP_SOAK_REPORT"):
-        Path(os.environ["DISTCOMP_SOAK_REPORT"]).write_text(json.dumps(summary, indent=2) + "\n")
+        Path(os.environ["DISTCOMP_SOAK_REPORT"]).write_text(json.dumps(details, indent=2) + "\n")
     assert report.ok, report.summary()
     assert not never_ran, f"finished without ever running: {never_ran[:5]}"
     assert set(failed) == {tasks[int(i)] for i in failing}, "only the failing tasks fail"
     assert not poisoned
-    assert kills >= 3 and stats["redis_restarts"] == 1
-    assert duplicates <= bound, summary
+    assert chaos.kills >= 3 and chaos.stats["redis_restarts"] == 1
+    assert details["duplicate_executions"] <= details["duplicate_bound"], details

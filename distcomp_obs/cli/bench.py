@@ -1,4 +1,7 @@
-"""Parsers and handlers of `distcomp bench` and `distcomp loadgen` (wired in by cli_extra)."""
+"""`distcomp exporter`, `distcomp bench` and `distcomp loadgen`: parsers and handlers.
+
+Each handler imports its module only when called (the bench and the exporter are big).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,12 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+from distcomp_obs.cli.common import CONFIG_HELP, REDIS_URL_HELP, _common, open_queue, settings_from
+
+if TYPE_CHECKING:
+    from distcomp_obs.cli.common import Subparsers
 
 
 def _floats(text: str) -> list[float]:
@@ -17,7 +25,28 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_parsers(sub: Subparsers) -> None:
+    _add_exporter(sub)
+    _add_bench(sub)
+    _add_loadgen(sub)
+
+
+def _add_exporter(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "exporter", help="queue metrics from Redis at scrape time, and HTTP service discovery of the workers"
+    )
+    p.add_argument("--redis-url", help=REDIS_URL_HELP)
+    p.add_argument(
+        "--prefix",
+        action="append",
+        help="key prefix of a queue to watch; repeat or comma-separate for several (default distcomp:)",
+    )
+    p.add_argument("--config", help=CONFIG_HELP)
+    p.add_argument("--metrics-addr", help="HOST:PORT for /metrics, /sd and /healthz (default 127.0.0.1:9711)")
+    p.add_argument("--log-level")
+
+
+def _add_bench(sub: Subparsers) -> None:
     from distcomp_obs.bench.runner import WORKLOADS
     from distcomp_obs.bench.workers import DEFAULT_VARIANTS
 
@@ -47,15 +76,32 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
     p.add_argument("--out", default="bench-results", help="directory for results.json, report.md, bench.png, logs")
     p.add_argument("--report-only", action="store_true", help="re-render report.md and the chart from results.json")
 
+
+def _add_loadgen(sub: Subparsers) -> None:
     p = sub.add_parser("loadgen", help="submit a steady mixed stream of unique tasks (for dashboards)")
-    common(p)
+    _common(p)
     p.add_argument("--rate", type=float, default=50.0, help="tasks per second (default 50)")
     p.add_argument("--duration", type=float, default=0.0, help="seconds; 0 = until SIGTERM (default)")
     p.add_argument("--mix", help="shares, e.g. noop=70,sleep=20,fail=3,shell=7 (the default)")
     p.add_argument("--seed", type=int, help="random seed (lines stay unique per run anyway)")
 
 
-def bench(args: argparse.Namespace) -> int:
+def cmd_exporter(args: argparse.Namespace) -> int:
+    import logging
+
+    from distcomp_obs.exporter import DEFAULT_ADDR, Exporter, parse_prefixes
+
+    # Settings validate the URL and read DISTCOMP_* from the environment; --prefix is a list here,
+    # so it is kept out of them. The worker's metrics_addr default (port 0) is not the exporter's.
+    prefixes, addr = args.prefix, args.metrics_addr
+    settings = settings_from(argparse.Namespace(**{**vars(args), "prefix": None, "metrics_addr": None}))
+    if args.log_level:
+        logging.getLogger().setLevel(settings.log_level)
+    exporter = Exporter(settings.redis_url, parse_prefixes(prefixes, settings.prefix), addr or DEFAULT_ADDR)
+    return exporter.run()
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     from distcomp_obs.bench.report import write_report
@@ -102,12 +148,15 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def loadgen(args: argparse.Namespace) -> int:
-    from distcomp_obs.cli import open_queue
+def cmd_loadgen(args: argparse.Namespace) -> int:
     from distcomp_obs.loadgen import loadgen_main
 
     q, _ = open_queue(args)
     return loadgen_main(q, args.rate, args.duration, args.mix, args.seed)
 
 
-HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"bench": bench, "loadgen": loadgen}
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "exporter": cmd_exporter,
+    "bench": cmd_bench,
+    "loadgen": cmd_loadgen,
+}

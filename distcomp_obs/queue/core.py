@@ -1,0 +1,288 @@
+"""`Queue`: the claim protocol's Lua scripts and the read models, typed at this boundary.
+
+Multi-key steps are Lua scripts (queue/scripts.py), called directly rather than inside a
+pipeline: redis-py adds a SCRIPT EXISTS round trip for scripts queued in a pipeline. Replies are
+parsed into records.py types inside the timed round trip, so hooks on it (the tracer's exemplar)
+and everything past this module see typed records, never raw Lua replies.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import redis
+from redis.client import PubSub
+
+from distcomp_obs.keys import Keys
+from distcomp_obs.metrics import WorkerMetrics
+from distcomp_obs.queue import scripts
+from distcomp_obs.records import Claimed, ClaimLimits, ClaimResult, Heartbeat, Report, ReportCode, Snapshot
+from distcomp_obs.redis_io import RoundTrips
+
+T = TypeVar("T")
+SUBMIT_BATCH = 1000
+STATES = ("todo", "in_progress", "finished", "failed")
+
+
+class Queue:
+    def __init__(self, client: redis.Redis, prefix: str = Keys.prefix, roundtrips: RoundTrips | None = None) -> None:
+        self.r = client
+        self.keys = Keys(prefix)
+        self._keys_cache: dict[str, list[str]] = {}
+        self.rt = roundtrips or RoundTrips(WorkerMetrics(None))
+        self._scripts = {name: client.register_script(scripts.source(name)) for name in scripts.SCRIPT_NAMES}
+
+    def _script_keys(self, worker: str) -> list[str]:
+        cached = self._keys_cache.get(worker)
+        if cached is None:  # built once per worker name: the claim/report hot path reuses it
+            cached = self._keys_cache[worker] = self.keys.script_keys(worker)
+        return cached
+
+    def _run(
+        self,
+        op: str,
+        script: str,
+        worker: str,
+        args: Sequence[Any],
+        parse: Callable[[Any], T],
+        extra_keys: Sequence[str] = (),
+    ) -> T:
+        keys = self._script_keys(worker) + list(extra_keys) if extra_keys else self._script_keys(worker)
+        run = self._scripts[script]
+        return self.rt.call(op, 1, lambda: parse(run(keys=keys, args=list(args))))
+
+    # --- submit ------------------------------------------------------------------------------
+    def submit(self, lines: Iterable[str], trace: str = "") -> int:
+        """Add normalised task lines; returns how many were new. One round trip per 1000 lines."""
+        added = 0
+        batch: list[str] = []
+        epoch = uuid.uuid4().hex
+        for line in lines:
+            batch.append(line)
+            if len(batch) >= SUBMIT_BATCH:
+                added += self._run("submit", "submit", "-", [epoch, trace, *batch], int)
+                batch = []
+        if batch:
+            added += self._run("submit", "submit", "-", [epoch, trace, *batch], int)
+        return added
+
+    # --- worker registration ------------------------------------------------------------------
+    def acquire_lease(self, worker: str, incarnation: str, lease_ms: int) -> bool:
+        ok = self.rt.call("heartbeat", 1, self.r.set, self.keys.lease(worker), incarnation, nx=True, px=lease_ms)
+        return bool(ok)
+
+    def lease_holder(self, worker: str) -> tuple[str | None, int]:
+        """(incarnation, remaining ms) of the lease on a worker name."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(self.keys.lease(worker))
+        pipe.pttl(self.keys.lease(worker))
+        holder, ttl = self.rt.call("heartbeat", 2, pipe.execute)
+        return holder, int(ttl)
+
+    def ensure_epoch(self) -> str:
+        self.rt.call("heartbeat", 1, self.r.set, self.keys.epoch, uuid.uuid4().hex, nx=True)
+        return str(self.rt.call("heartbeat", 1, self.r.get, self.keys.epoch))
+
+    def heartbeat(self, worker: str, incarnation: str, lease_ms: int, status: dict[str, Any]) -> Heartbeat:
+        args = [worker, incarnation, lease_ms, json.dumps(status)]
+        return self._run("heartbeat", "heartbeat", worker, args, _heartbeat)
+
+    def leave(self, worker: str, incarnation: str) -> int:
+        return self._run("heartbeat", "leave", worker, [worker, incarnation], int)
+
+    def owned(self, worker: str) -> set[str]:
+        return set(self.rt.call("reconcile", 1, self.r.smembers, self.keys.owned(worker)))
+
+    # --- claim and report: one atomic round trip each -----------------------------------------
+    def claim(self, worker: str, incarnation: str, n: int, limits: ClaimLimits) -> ClaimResult:
+        args = [worker, incarnation, n, limits.free_dram_gb, limits.cpus, limits.window]
+        return self._run("claim", "claim", worker, args, _claim_result)
+
+    def settle(
+        self,
+        worker: str,
+        incarnation: str,
+        reports: Sequence[Report],
+        claim_n: int,
+        limits: ClaimLimits,
+        max_retry: int,
+    ) -> ClaimResult:
+        """Record reports and claim up to claim_n more, atomically, in one round trip."""
+        args: list[Any] = [worker, incarnation, claim_n, limits.free_dram_gb, limits.cpus, limits.window]
+        args += [max_retry, len(reports)]
+        for rep in reports:
+            args += [rep.task, rep.token, rep.outcome, rep.payload]
+        op = "claim" if claim_n and not reports else "report"
+        return self._run(op, "settle", worker, args, _settle_result)
+
+    def requeue(self, worker: str, held: Sequence[tuple[str, str]], op: str = "return", max_reaps: int = 0) -> int:
+        """Return held (task, token) pairs to todo in one round trip; token '' = any token of ours.
+        max_reaps > 0: the holder died (a restart under its name): count it as the reaper would."""
+        if not held:
+            return 0
+        args: list[str | int] = [worker, max_reaps]
+        for task, token in held:
+            args += [task, token]
+        return self._run(op, "requeue", worker, args, int)
+
+    def reap(self, max_tasks: int = 500, max_reaps: int = 3, lock_ms: int = 5000,
+             names: list[str] | None = None, forget_after_s: float = 3600.0) -> tuple[int, int]:  # fmt: skip
+        """Return the tasks of workers whose lease expired (any worker may call this; a lock keeps one
+        at a time). `names`: the registered workers if the caller knows them (saves a round trip).
+        Returns (returned, failed for good); (-1, 0) when another reaper holds the lock."""
+        if names is None:
+            names = sorted(self.rt.call("reap", 1, self.r.smembers, self.keys.workers))
+        if not names:
+            return 0, 0
+        extra: list[str] = []
+        for name in names:
+            extra += [self.keys.lease(name), self.keys.owned(name)]
+        args = [uuid.uuid4().hex, lock_ms, max_tasks, max_reaps, int(forget_after_s * 1000), *names]
+        return self._run("reap", "reap", "-", args, _int_pair, extra)
+
+    # --- reads for status, workers, the exporter and the audit --------------------------------
+    def counts(self) -> dict[str, int]:
+        """Tasks per state, O(1) each."""
+        k = self.keys
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcard(k.todo_index)
+        for key in (k.in_progress_tasks, k.finished_tasks, k.failed_final, k.task_meta):
+            pipe.hlen(key)
+        todo, running, finished, failed, known = (int(n) for n in pipe.execute())
+        return {"todo": todo, "in_progress": running, "finished": finished, "failed": failed, "known": known}
+
+    def stats(self) -> dict[str, int]:
+        return {name: int(v) for name, v in self.r.hgetall(self.keys.stats).items()}
+
+    def oldest_ages_s(self) -> dict[str, float | None]:
+        """Age in seconds of the oldest waiting and the oldest running task (server time)."""
+        k = self.keys
+        pipe = self.r.pipeline(transaction=False)
+        pipe.time()
+        pipe.zrange(k.todo_age, 0, 0, withscores=True)
+        pipe.zrange(k.in_progress_age, 0, 0, withscores=True)
+        (sec, usec), todo, running = pipe.execute()
+        now_ms = sec * 1000 + usec / 1000
+        return {
+            "todo": (now_ms - todo[0][1]) / 1000 if todo else None,
+            "in_progress": (now_ms - running[0][1]) / 1000 if running else None,
+        }
+
+    def snapshot(self) -> Snapshot:
+        """What the exporter serves, in two pipelined round trips of O(1) + O(workers) commands:
+        lengths (ZCARD/HLEN), the Redis-kept counters, the head of each age index and the
+        registry. Nothing here walks the tasks, so a 1,000,000-task queue costs the same."""
+        k = self.keys
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcard(k.todo_index)
+        pipe.hlen(k.in_progress_tasks)
+        pipe.hlen(k.finished_tasks)
+        pipe.hlen(k.failed_final)
+        pipe.hgetall(k.stats)
+        pipe.time()
+        pipe.zrange(k.todo_age, 0, 0, withscores=True)
+        pipe.zrange(k.in_progress_age, 0, 0, withscores=True)
+        pipe.smembers(k.workers)
+        todo, running, finished, failed, stats, (sec, usec), oldest_todo, oldest_running, names = pipe.execute()
+        now_s = sec + usec / 1e6
+        return Snapshot(
+            counts={"todo": int(todo), "in_progress": int(running), "finished": int(finished), "failed": int(failed)},
+            stats={name: int(v) for name, v in stats.items()},
+            oldest_age_s={
+                "todo": max(0.0, now_s - oldest_todo[0][1] / 1000) if oldest_todo else None,
+                "in_progress": max(0.0, now_s - oldest_running[0][1] / 1000) if oldest_running else None,
+            },
+            workers=self._statuses(sorted(names), held=False),
+            server_time_s=now_s,
+        )
+
+    def _statuses(self, names: list[str], held: bool) -> dict[str, dict[str, Any]]:
+        """Last heartbeat of each worker, "live" (lease alive) and, with `held`, tasks it holds."""
+        if not names:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(self.keys.worker_status, names)
+        for name in names:
+            pipe.pttl(self.keys.lease(name))
+            if held:
+                pipe.scard(self.keys.owned(name))
+        statuses, *rest = pipe.execute()
+        step = 2 if held else 1
+        out: dict[str, dict[str, Any]] = {}
+        for i, (name, raw) in enumerate(zip(names, statuses, strict=True)):
+            info: dict[str, Any] = json.loads(raw) if raw else {}
+            info["live"] = int(rest[step * i]) > 0
+            if held:
+                info["held"] = int(rest[step * i + 1])
+            out[name] = info
+        return out
+
+    def list_state(self, state: str) -> dict[str, str]:
+        """task -> detail for one state (todo: submit ms, in_progress: worker, finished: stdout, failed: reason)."""
+        key = {
+            "todo": self.keys.todo_tasks,
+            "in_progress": self.keys.in_progress_tasks,
+            "finished": self.keys.finished_tasks,
+            "failed": self.keys.failed_final,
+        }[state]
+        return dict(self.r.hscan_iter(key, count=1000))
+
+    def todo_in_order(self, limit: int | None = None) -> list[str]:
+        return list(self.r.zrange(self.keys.todo_index, 0, -1 if limit is None else limit - 1))
+
+    def workers(self) -> dict[str, dict[str, Any]]:
+        """Registered workers with their last heartbeat, whether their lease is alive, tasks held."""
+        return self._statuses(sorted(self.r.smembers(self.keys.workers)), held=True)
+
+    def epoch(self) -> str | None:
+        value = self.r.get(self.keys.epoch)
+        return None if value is None else str(value)
+
+    def fail_reasons(self, tasks: Sequence[str]) -> list[str | None]:
+        return list(self.r.hmget(self.keys.task_fail_reason, list(tasks))) if tasks else []
+
+    def last_event_id(self) -> str:
+        """ID of the newest terminal-transition event ('0-0' if none): a starting point for wait_event."""
+        last = self.r.xrevrange(self.keys.events, count=1)
+        return str(last[0][0]) if last else "0-0"
+
+    def wait_event(self, after_id: str, timeout_ms: int) -> tuple[str, dict[str, str]] | None:
+        """Block until a task reaches a terminal state after `after_id` (the bench's pickup probe)."""
+        got = self.r.xread({self.keys.events: after_id}, count=1, block=timeout_ms)
+        if not got:
+            return None
+        event_id, fields = got[0][1][0]
+        return str(event_id), dict(fields)
+
+    # --- wake-ups -----------------------------------------------------------------------------
+    def subscribe_wake(self) -> PubSub:
+        pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(self.keys.wake_channel)
+        return pubsub
+
+
+# --- reply parsers: raw Lua replies become records here and nowhere else ----------------------
+def _claimed(flat: Sequence[str]) -> list[Claimed]:
+    return [Claimed.from_reply(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+
+
+def _claim_result(raw: list[Any]) -> ClaimResult:
+    """claim.lua: {status (1 ok, -1 lease lost), remaining, task, token, meta, ...}."""
+    return ClaimResult(raw[0] == 1, int(raw[1]), _claimed(raw[2:]))
+
+
+def _settle_result(raw: list[Any]) -> ClaimResult:
+    """settle.lua: {status, remaining, {code per report}, task, token, meta, ...}."""
+    return ClaimResult(raw[0] == 1, int(raw[1]), _claimed(raw[3:]), [ReportCode(int(c)) for c in raw[2]])
+
+
+def _heartbeat(raw: list[Any]) -> Heartbeat:
+    state, epoch, stop, workers = raw
+    return Heartbeat(int(state), epoch or None, stop or None, sorted(workers))
+
+
+def _int_pair(raw: list[Any]) -> tuple[int, int]:
+    return int(raw[0]), int(raw[1])

@@ -1,0 +1,47 @@
+"""`python -m distcomp_obs.worker`: one worker of `distcomp run`, its Settings given as JSON.
+
+`distcomp run` (distcomp_obs.localrun) starts each local worker this way with the validated
+Settings in the environment variable config.WORKER_SETTINGS_ENV, so nothing is turned back into
+flags. The variable is removed before any task starts, so tasks do not inherit it (it may carry a
+Redis password). Logging, tracing and exit statuses are those of `distcomp worker`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from distcomp_obs.config import WORKER_SETTINGS_ENV, settings_from_json
+from distcomp_obs.errors import DistcompError
+
+
+def main() -> int:
+    text = os.environ.pop(WORKER_SETTINGS_ENV, None)
+    if text is None:
+        print(f"distcomp worker: {WORKER_SETTINGS_ENV} is not set (use `distcomp worker`)", file=sys.stderr)
+        return 2
+    try:
+        settings = settings_from_json(text)
+    except DistcompError as exc:
+        print(f"distcomp worker: {WORKER_SETTINGS_ENV}: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from distcomp_obs import tracing
+    from distcomp_obs.worker import Worker
+
+    tracing.setup("distcomp-worker")
+    try:
+        return Worker(settings).run()
+    except DistcompError as exc:
+        print(f"distcomp worker: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"distcomp worker: no such file: {exc.filename}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,177 @@
+"""Chores: the heartbeat thread's periodic work, declared as one table (SAQ's habit).
+
+- heartbeat: renew the lease (covering buffered and running tasks) and publish the status;
+- reap: return the tasks of dead workers (leaderless: each worker reaps about every
+  W x reap_interval_s, so the deployment reaps about once per interval whatever its size);
+- memory: read free memory for admission and claims; below the floor kill the newest task.
+
+The thread never waits on a task. Redis errors only move the chore's next time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+import redis
+
+from distcomp_obs import __version__
+from distcomp_obs.config import Settings
+from distcomp_obs.worker.parts import REDIS_DOWN, Parts, Tally
+
+log = logging.getLogger(__name__)
+GB = 1024**3
+TICK_S = 0.25
+
+
+@dataclass(slots=True)
+class Chore:
+    name: str
+    run: Callable[[], float]  # does the work; returns seconds until it is due again
+    on_redis_down: float  # seconds until the next try when Redis is away
+    due: float = 0.0  # time.monotonic()
+
+
+class Chores:
+    def __init__(
+        self, settings: Settings, incarnation: str, parts: Parts, tally: Tally, request_stop: Callable[[], None]
+    ) -> None:
+        self.s = settings
+        self.name = settings.name
+        self.q = parts.q
+        self.incarnation = incarnation
+        self.pool = parts.pool
+        self.buffer = parts.buffer
+        self.memory = parts.memory
+        self.redis = parts.redis
+        self.lease = parts.lease
+        self.liveness = parts.liveness
+        self.stopping = parts.stopping
+        self.tally = tally
+        self.request_stop = request_stop
+        self.metrics_url = ""
+        self.started_at = time.time()
+        self.epoch: str | None = None
+        self.registered: list[str] = []
+        self.rng = random.Random()
+        self.stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.table = [
+            Chore("heartbeat", self._beat, min(1.0, settings.heartbeat_interval_s)),
+            Chore("reap", self._reap, settings.heartbeat_interval_s),
+            Chore("memory", self._watch_memory, TICK_S),
+        ]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _loop(self) -> None:
+        while not self.stopped.is_set():
+            for chore in self.table:
+                now = time.monotonic()
+                if now < chore.due:
+                    continue
+                try:
+                    chore.due = now + chore.run()
+                except REDIS_DOWN as exc:
+                    self.redis.mark(False, "heartbeat", exc)  # an idle worker learns of outages here
+                    chore.due = now + chore.on_redis_down
+                except redis.RedisError as exc:
+                    log.error("worker %s: %s error: %s", self.name, chore.name, exc)
+                    chore.due = now + self.s.heartbeat_interval_s
+            self.stopped.wait(TICK_S)
+
+    # --- heartbeat -----------------------------------------------------------------------------
+    def _beat(self) -> float:
+        self.heartbeat_once()
+        self.redis.mark(True, "heartbeat")
+        return self.s.heartbeat_interval_s
+
+    def status(self) -> dict[str, Any]:
+        vm = psutil.virtual_memory()
+        s = self.s
+        return {
+            "time": time.time(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "cores": self.pool.cores,
+            "mem_total_gb": round(vm.total / GB, 2),
+            "mem_available_gb": round(vm.available / GB, 2),
+            "concurrency": s.concurrency,
+            "running": self.pool.busy(),
+            "buffered": len(self.buffer),
+            "finished": self.tally.finished,
+            "failed": self.tally.failed,
+            "variant": s.variant_name,
+            "pipeline": s.pipeline,
+            "prefetch": s.prefetch,
+            "polling": s.polling,
+            "poll_interval_s": s.poll_interval_s,
+            "metrics_url": self.metrics_url,
+            "incarnation": self.incarnation,
+            "stopping": self.stopping.is_set(),
+        }
+
+    def heartbeat_once(self) -> None:
+        beat = self.q.heartbeat(self.name, self.incarnation, int(self.s.lease_s * 1000), self.status())
+        self.registered = beat.workers
+        self.liveness.heartbeat_ok_at = time.monotonic()  # for /healthz
+        if beat.lease == -1:
+            self.lease.lost()
+            log.error("worker %s: another live process holds this name; stopping", self.name)
+            self.request_stop()
+        else:
+            if beat.lease == 0:
+                log.warning("worker %s: lease had expired (frozen or cut off?); re-taken. Tasks the reaper "
+                            "returned meanwhile will be rejected when reported", self.name)  # fmt: skip
+            self.lease.renewed()
+        if self.epoch and beat.epoch != self.epoch:
+            log.critical(
+                "worker %s: the queue's epoch changed (%s -> %s): Redis restarted WITHOUT its data. "
+                "Tasks submitted before are gone; enable appendonly.",
+                self.name,
+                self.epoch,
+                beat.epoch,
+            )
+            self.epoch = beat.epoch or self.q.ensure_epoch()
+        stop = beat.stop_requested
+        if stop and float(stop) > self.started_at and not self.stopping.is_set():
+            log.info("worker %s: stop requested by `distcomp stop-workers`: draining", self.name)
+            self.request_stop()
+
+    # --- reaper --------------------------------------------------------------------------------
+    def _reap(self) -> float:
+        returned, failed = self.q.reap(
+            max_reaps=self.s.max_reaps, names=self.registered, forget_after_s=self.s.forget_dead_after_s
+        )
+        if returned > 0 or failed > 0:
+            log.warning("reaper: returned %d task(s) of dead workers, failed %d poison task(s)", returned, failed)
+        # Leaderless but not noisy: with W workers each reaps every W intervals (jittered).
+        return self.s.reap_interval_s * max(1, len(self.registered)) * self.rng.uniform(0.5, 1.5)
+
+    # --- memory --------------------------------------------------------------------------------
+    def _watch_memory(self) -> float:
+        self.memory.available_gb = available = psutil.virtual_memory().available / GB
+        floor = self.s.min_free_dram_gb
+        if not floor or available >= floor:
+            return TICK_S
+        newest = self.pool.newest()
+        if newest is not None and not newest[1].kill_reason:
+            held, running = newest
+            log.warning("worker %s: free memory %.2f GB below the floor %.2f GB: killing and returning the newest "
+                        "task %r", self.name, available, floor, held.line)  # fmt: skip
+            running.kill("memory_pressure")
+        return TICK_S

@@ -1,0 +1,137 @@
+"""Running one task (a slot calls run_task): shell and python tasks as subprocesses, builtins in-process.
+
+A subprocess is started directly (no extra fork per task, no preexec_fn: Python's fast vfork
+path) in its own session, and registered with the worker's TaskGuard, which kills its whole
+process group if the worker dies: a killed worker's tasks must not keep running while the
+reaper hands them to someone else. Output is spooled to temporary files and only a bounded
+slice is kept, so a task printing gigabytes costs disk, not worker memory.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import IO
+
+from distcomp_obs.task import Task, TaskType
+from distcomp_obs.worker.guard import TaskGuard
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    output: str  # stdout on success, the reason on failure
+    killed_for: str = ""  # set when the worker killed it (memory_pressure, shutdown): return, not fail
+
+
+def bounded_text(data: bytes, limit: int, keep_tail: bool = False) -> str:
+    """Decode as UTF-8 (bad bytes replaced), keeping at most `limit` bytes."""
+    if len(data) > limit:
+        data = data[-limit:] if keep_tail else data[:limit]
+        marker = f"[... {len(data)} of more bytes kept]"
+        text = data.decode("utf-8", "replace")
+        return f"{marker} {text}" if keep_tail else f"{text} {marker}"
+    return data.decode("utf-8", "replace")
+
+
+class Running:
+    """A task in a slot; the worker may kill it (memory pressure, timeout, shutdown)."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.kill_reason = ""
+        self.cancel = threading.Event()
+
+    def kill(self, reason: str) -> None:
+        self.kill_reason = reason
+        self.cancel.set()
+        proc = self.process
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _read(f: IO[bytes], limit: int, tail: bool) -> str:
+    size = f.seek(0, os.SEEK_END)
+    f.seek(max(0, size - limit - 1) if tail else 0)
+    data = f.read(limit + 1)
+    return bounded_text(data, limit, keep_tail=tail)
+
+
+def run_task(task: Task, running: Running, timeout_s: float, output_limit: int, guard: TaskGuard | None = None,
+             ) -> Outcome:  # fmt: skip
+    if task.type is TaskType.BUILTIN:
+        return _run_builtin(task, running, timeout_s)
+    if task.type is TaskType.SHELL:
+        argv = ["/bin/sh", "-c", task.params]
+    else:
+        try:
+            argv = [sys.executable, *shlex.split(task.params)]
+        except ValueError as exc:
+            return Outcome(False, f"cannot split python params: {exc}")
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return Outcome(False, f"cannot start task: {exc}")
+        if guard is not None:
+            guard.watch(proc.pid)  # its own session: process group id == pid
+        try:
+            return _wait(proc, running, timeout_s, output_limit, out, err)
+        finally:
+            if guard is not None:
+                guard.forget(proc.pid)
+
+
+def _wait(proc: subprocess.Popen[bytes], running: Running, timeout_s: float, output_limit: int, out: IO[bytes],
+          err: IO[bytes]) -> Outcome:  # fmt: skip
+    """Wait for a started task (killing it on timeout) and turn its exit into an Outcome."""
+    running.process = proc
+    if running.cancel.is_set():  # killed before it started
+        running.kill(running.kill_reason)
+    try:
+        code = proc.wait(timeout_s or None)
+    except subprocess.TimeoutExpired:
+        running.kill("timeout")
+        code = proc.wait()
+    if running.kill_reason and running.kill_reason != "timeout":
+        return Outcome(False, f"killed by the worker ({running.kill_reason})", running.kill_reason)
+    if running.kill_reason == "timeout":
+        return Outcome(
+            False, f"timed out after {timeout_s:g}s (task_timeout_s); stderr: {_read(err, output_limit, tail=True)}"
+        )
+    if code == 0:
+        return Outcome(True, _read(out, output_limit, tail=False))
+    cause = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+    return Outcome(False, f"{cause}; stderr: {_read(err, output_limit, tail=True)}".strip())
+
+
+def _run_builtin(task: Task, running: Running, timeout_s: float) -> Outcome:
+    words = task.params.split()
+    if words[0] == "noop":
+        return Outcome(True, "")
+    if words[0] == "fail":
+        return Outcome(False, "builtin fail: " + " ".join(words[1:]) if len(words) > 1 else "builtin fail")
+    seconds = float(words[1])
+    limit = seconds if not timeout_s else min(seconds, timeout_s)
+    start = time.monotonic()
+    if running.cancel.wait(limit):
+        return Outcome(False, f"killed by the worker ({running.kill_reason})", running.kill_reason)
+    if timeout_s and time.monotonic() - start >= timeout_s and seconds > timeout_s:
+        return Outcome(False, f"timed out after {timeout_s:g}s (task_timeout_s)")
+    return Outcome(True, "")

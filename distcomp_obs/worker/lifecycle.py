@@ -1,0 +1,203 @@
+"""Worker: register, start the thread roles, run the fetch loop, drain, deregister.
+
+Thread roles (Dramatiq's split, one class each):
+- Fetcher (the thread calling `run`): claims into the buffer and reports results;
+- SlotPool: `concurrency` threads take from the buffer and run tasks;
+- Chores (the "heartbeat" thread): lease, status, reaper, memory watch; never waits on a task;
+- WakeListener (adaptive polling only): blocks on the wake-up channel.
+They share the pieces in parts.Parts, each of which guards its own state.
+Constructing a Worker touches no Redis: `run` connects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from types import FrameType
+
+import psutil
+import redis
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from distcomp_obs import __version__, tracing
+from distcomp_obs.config import Settings
+from distcomp_obs.errors import WorkerNameTaken
+from distcomp_obs.httpd import MetricsServer
+from distcomp_obs.metrics import WorkerMetrics
+from distcomp_obs.queue import Queue
+from distcomp_obs.redis_io import RoundTrips, connect, redact_url
+from distcomp_obs.worker.buffer import PrefetchBuffer
+from distcomp_obs.worker.chores import GB, Chores
+from distcomp_obs.worker.fetcher import Fetcher
+from distcomp_obs.worker.guard import TaskGuard
+from distcomp_obs.worker.health import Lease, Liveness, RedisHealth
+from distcomp_obs.worker.listener import WakeListener
+from distcomp_obs.worker.parts import REDIS_DOWN, Parts
+from distcomp_obs.worker.results import Results
+from distcomp_obs.worker.slots import Memory, SlotPool
+from distcomp_obs.worker.wake import WakeSignal
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.s = settings
+        self.name = settings.name
+        self.incarnation = f"{self.name}.{uuid.uuid4().hex[:12]}"
+        self.registry: CollectorRegistry | None = None
+        if settings.metrics:
+            self.registry = registry or CollectorRegistry(auto_describe=True)
+            ProcessCollector(registry=self.registry)
+        self.m = WorkerMetrics(self.registry)
+        self.stopping = threading.Event()  # no more claims; drain
+        self.hard_stop = threading.Event()  # second signal: return everything now
+        self.buffer = PrefetchBuffer()
+        self.results = Results()
+        self.wake = WakeSignal()
+        self.redis = RedisHealth(self.name)
+        self.lease = Lease(self.name)
+        self.liveness = Liveness()
+        self.memory = Memory(psutil.virtual_memory().available / GB)
+        self.pool = SlotPool(settings, self.buffer, self.results, self.wake, self.m, self.memory,
+                             os.cpu_count() or 1, self.stopping)  # fmt: skip
+        self.metrics_server: MetricsServer | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def run(self, install_signals: bool = True) -> int:
+        """Register, work until stopped, drain, deregister. Returns the exit status."""
+        if install_signals:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        rt = RoundTrips(self.m)
+        q = Queue(connect(self.s.redis_url), self.s.prefix, rt)
+        # None when tracing is off: the hot paths then pay one `is None` test per task.
+        tracer = tracing.WorkerTracer(self.s.prefix) if tracing.enabled() else None
+        if tracer is not None:
+            rt.exemplar = tracer.exemplar
+        parts = Parts(q, self.buffer, self.pool, self.results, self.wake, self.redis, self.lease, self.liveness,
+                      self.memory, self.m, tracer, self.stopping, self.hard_stop)  # fmt: skip
+        fetcher = Fetcher(self.s, self.incarnation, parts)
+        chores = Chores(self.s, self.incarnation, parts, fetcher.tally, self.request_stop)
+        listener = WakeListener(q, self.wake, self.request_stop)
+        self._register(q, chores, fetcher)
+        guard = TaskGuard()  # before any task starts: tasks must not outlive a killed worker
+        chores.metrics_url = self._start_metrics()
+        self._log_start(chores.metrics_url)
+        self.pool.start(guard, fetcher.give_back, tracer)
+        chores.start()
+        if self.s.polling == "adaptive":
+            listener.start()
+        try:
+            fetcher.run()
+        finally:
+            self._shutdown(q, fetcher, chores, listener)
+            guard.close()
+        return 0
+
+    def request_stop(self) -> None:
+        self.stopping.set()
+        self.wake.poke()
+        self.buffer.wake_all()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.stopping.is_set():
+            log.warning("worker %s: second %s: returning every task and exiting now", self.name, name)
+            self.hard_stop.set()
+        else:
+            log.info("worker %s: %s: no more claims; returning buffered tasks, draining running ones (grace %gs)",
+                     self.name, name, self.s.grace_period_s)  # fmt: skip
+        self.request_stop()
+
+    def health(self) -> tuple[bool, str]:
+        return self.liveness.check(self.redis, self.s.heartbeat_interval_s, self.s.idle_max_wait_s)
+
+    def _register(self, q: Queue, chores: Chores, fetcher: Fetcher) -> None:
+        if not q.acquire_lease(self.name, self.incarnation, int(self.s.lease_s * 1000)):
+            holder, ttl = q.lease_holder(self.name)
+            raise WorkerNameTaken(
+                f"worker name {self.name!r} is held by a live worker ({holder}); its lease expires in "
+                f"{max(ttl, 0) / 1000:.1f}s if it is dead. Use another --name, or stop that worker first."
+            )
+        chores.epoch = q.ensure_epoch()
+        chores.heartbeat_once()
+        # A previous incarnation under this name may have died holding tasks: give them back.
+        previous = q.owned(self.name)
+        if previous:
+            n = q.requeue(self.name, [(t, "") for t in previous], op="return", max_reaps=self.s.max_reaps)
+            self.m.tasks_returned.labels("restart").inc(n)
+            log.warning("worker %s: returned %d task(s) held by its previous run", self.name, n)
+        _check_redis_config(q)
+
+    def _start_metrics(self) -> str:
+        """Set the static gauges; serve /metrics and /healthz. Returns the metrics URL ("" if off)."""
+        s = self.s
+        labels = (self.name, __version__, s.variant_name, str(s.pipeline).lower(), str(s.prefetch), s.polling)
+        self.m.worker_info.labels(*labels).set(1)
+        self.m.slots_total.set(s.concurrency)
+        self.m.buffer_capacity_tasks.set(s.prefetch)
+        if self.registry is None:
+            return ""
+        self.metrics_server = MetricsServer(s.metrics_addr, self.registry, self.health).start()
+        host = self.metrics_server.host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.getfqdn()
+        return f"http://{host}:{self.metrics_server.port}/metrics"
+
+    def _log_start(self, metrics_url: str) -> None:
+        s = self.s
+        log.info(
+            "worker %s started: variant=%s pipeline=%s prefetch=%d polling=%s poll_interval=%gs concurrency=%d "
+            "redis=%s prefix=%s metrics=%s",
+            self.name, s.variant_name, s.pipeline, s.prefetch, s.polling, s.poll_interval_s, s.concurrency,
+            redact_url(s.redis_url), s.prefix, metrics_url or "off",
+        )  # fmt: skip
+
+    def _shutdown(self, q: Queue, fetcher: Fetcher, chores: Chores, listener: WakeListener) -> None:
+        """Order matters: stop claiming (done), return the unstarted buffer in one round trip so other
+        workers can start it now, drain running tasks within the grace period (the heartbeat keeps
+        our lease alive meanwhile), kill and return what is left, flush reports, then give up the name."""
+        unstarted = self.buffer.take_all()
+        self.buffer.close()
+        fetcher.give_back(unstarted, "sigterm")
+        self.m.buffer_tasks.set(0)
+        deadline = time.monotonic() + self.s.grace_period_s
+        while time.monotonic() < deadline and not self.hard_stop.is_set() and self.pool.busy():
+            fetcher.flush_reports()
+            self.wake.wait(0.05)
+            self.wake.begin_pass()
+        self.pool.kill_all("shutdown")
+        self.pool.join(timeout_s=5)
+        fetcher.flush_reports(final=True)
+        chores.stop()
+        listener.stop()
+        try:
+            q.leave(self.name, self.incarnation)
+        except REDIS_DOWN:
+            log.error("worker %s: Redis unreachable at exit; the reaper will return anything still held", self.name)
+        if self.metrics_server:
+            self.metrics_server.stop()
+        t = fetcher.tally
+        log.info("worker %s stopped: %d finished, %d failed", self.name, t.finished, t.failed)
+
+
+def _check_redis_config(q: Queue) -> None:
+    try:
+        cfg = q.r.config_get("appendonly") | q.r.config_get("maxmemory-policy")
+    except redis.ResponseError:  # CONFIG may be denied by an ACL: nothing to check then
+        return
+    if cfg.get("appendonly") != "yes":
+        log.warning(
+            "Redis persistence (appendonly) is off: a Redis restart loses the queue. "
+            "Set appendonly yes for real runs (see README)."
+        )
+    if cfg.get("maxmemory-policy", "noeviction") != "noeviction":
+        log.warning(
+            "Redis maxmemory-policy is %s: Redis may evict queue records. Use noeviction.", cfg["maxmemory-policy"]
+        )

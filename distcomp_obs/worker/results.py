@@ -1,0 +1,71 @@
+"""Results: finished tasks on their way to Redis.
+
+Slots `put` results from their threads; the fetch loop alone `collect`s them into `unsent` and
+sends them (only that thread touches `unsent`). The number of results not yet reported is
+shared with the slots behind a lock: a slot wakes the fetch loop only for the first result of a
+batch, which then waits out the coalescing window itself instead of being woken by every task.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from distcomp_obs import tracing
+from distcomp_obs.records import Report
+from distcomp_obs.worker.buffer import Held
+from distcomp_obs.worker.execute import Outcome
+
+
+@dataclass(slots=True)
+class Result:
+    held: Held
+    outcome: Outcome
+    duration_s: float
+    done_at: float = 0.0  # time.monotonic() when the slot finished it
+    trace: tracing.TaskTrace | None = None  # its spans, when tracing is on
+
+    def report(self) -> Report:
+        if self.outcome.ok:
+            return Report(self.held.line, self.held.token, "finished", self.outcome.output)
+        return Report(self.held.line, self.held.token, "failed", self.outcome.output or "failed without a message")
+
+
+class Results:
+    def __init__(self) -> None:
+        self._incoming: queue.SimpleQueue[Result] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pending = 0  # put and not yet reported (incoming + unsent)
+        self.unsent: list[Result] = []  # the fetch loop's: collected, report not yet recorded
+
+    def put(self, result: Result) -> bool:
+        """From a slot. Returns True for the first result of a batch (wake the fetch loop)."""
+        with self._lock:
+            first = self._pending == 0
+            self._pending += 1
+        self._incoming.put(result)
+        return first
+
+    def waiting(self) -> bool:
+        """Results put but not yet collected."""
+        return not self._incoming.empty()
+
+    def collect(self) -> None:
+        while True:
+            try:
+                self.unsent.append(self._incoming.get_nowait())
+            except queue.Empty:
+                return
+
+    def oldest_age_s(self) -> float:
+        return time.monotonic() - self.unsent[0].done_at if self.unsent else 0.0
+
+    def sent(self, n: int) -> list[Result]:
+        """The first n unsent results reached Redis: drop and return them."""
+        batch = self.unsent[:n]
+        del self.unsent[:n]
+        with self._lock:
+            self._pending -= len(batch)
+        return batch
