@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
+    from opentelemetry.util.types import AttributeValue
 
     from distcomp_obs.worker.buffer import Held
 
@@ -80,7 +81,7 @@ def send_span(queue: str, count: int) -> Iterator[str]:
     from opentelemetry import propagate, trace
 
     tracer = trace.get_tracer("distcomp_obs")
-    attributes = {
+    attributes: dict[str, AttributeValue] = {
         "messaging.system": SYSTEM,
         "messaging.operation.type": "send",
         "messaging.operation.name": "send",
@@ -129,9 +130,9 @@ class WorkerTracer:
 
     def __init__(self, queue: str) -> None:
         from opentelemetry import propagate, trace
-        from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+        from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 
-        self._trace, self._propagate, self._link = trace, propagate, Link
+        self._trace, self._propagate, self._link, self._span_context = trace, propagate, Link, SpanContext
         self._kind, self._status, self._code = SpanKind, Status, StatusCode
         self.tracer = trace.get_tracer("distcomp_obs")
         self.queue = queue
@@ -162,7 +163,7 @@ class WorkerTracer:
         for tt in traces:
             if tt is None:
                 continue
-            attrs = {
+            attrs: dict[str, AttributeValue] = {
                 **self.attrs,
                 "messaging.operation.type": "settle",
                 "messaging.operation.name": "report",
@@ -253,7 +254,8 @@ class WorkerTracer:
         """When a slot starts a task: its process span (parent = submit context) and run span."""
         claim = held.claim
         parent = self._propagate.extract(json.loads(claim.trace_context)) if claim.trace_context else None
-        links = [self._link(claim.receive_link)] if claim.receive_link is not None else []
+        receive = claim.receive_link
+        links = [self._link(receive)] if isinstance(receive, self._span_context) else []
         attrs = {
             **self.attrs,
             "messaging.operation.type": "process",

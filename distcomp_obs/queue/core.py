@@ -35,6 +35,9 @@ class Queue:
         self.rt = roundtrips or RoundTrips(WorkerMetrics(None))
         self._scripts = {name: client.register_script(scripts.source(name)) for name in scripts.SCRIPT_NAMES}
 
+    def _members(self, key: str) -> set[bytes | str]:
+        return self.r.smembers(key)
+
     def _script_keys(self, worker: str) -> list[str]:
         cached = self._keys_cache.get(worker)
         if cached is None:  # built once per worker name: the claim/report hot path reuses it
@@ -94,7 +97,7 @@ class Queue:
         return self._run("heartbeat", "leave", worker, [worker, incarnation], int)
 
     def owned(self, worker: str) -> set[str]:
-        return set(self.rt.call("reconcile", 1, self.r.smembers, self.keys.owned(worker)))
+        return set(_texts(self.rt.call("reconcile", 1, self._members, self.keys.owned(worker))))
 
     # --- claim and report: one atomic round trip each -----------------------------------------
     def claim(self, worker: str, incarnation: str, n: int, limits: ClaimLimits) -> ClaimResult:
@@ -134,7 +137,7 @@ class Queue:
         at a time). `names`: the registered workers if the caller knows them (saves a round trip).
         Returns (returned, failed for good); (-1, 0) when another reaper holds the lock."""
         if names is None:
-            names = sorted(self.rt.call("reap", 1, self.r.smembers, self.keys.workers))
+            names = sorted(_texts(self.rt.call("reap", 1, self._members, self.keys.workers)))
         if not names:
             return 0, 0
         extra: list[str] = []
@@ -155,7 +158,7 @@ class Queue:
         return {"todo": todo, "in_progress": running, "finished": finished, "failed": failed, "known": known}
 
     def stats(self) -> dict[str, int]:
-        return {name: int(v) for name, v in self.r.hgetall(self.keys.stats).items()}
+        return {_text(name): int(v) for name, v in self.r.hgetall(self.keys.stats).items()}
 
     def oldest_ages_s(self) -> dict[str, float | None]:
         """Age in seconds of the oldest waiting and the oldest running task (server time)."""
@@ -228,30 +231,33 @@ class Queue:
             "finished": self.keys.finished_tasks,
             "failed": self.keys.failed_final,
         }[state]
-        return dict(self.r.hscan_iter(key, count=1000))
+        return {_text(task): _text(detail) for task, detail in self.r.hscan_iter(key, count=1000)}
 
     def todo_in_order(self, limit: int | None = None) -> list[str]:
-        return list(self.r.zrange(self.keys.todo_index, 0, -1 if limit is None else limit - 1))
+        tasks: Any = self.r.zrange(self.keys.todo_index, 0, -1 if limit is None else limit - 1)
+        return _texts(tasks)
 
     def workers(self) -> dict[str, dict[str, Any]]:
         """Registered workers with their last heartbeat, whether their lease is alive, tasks held."""
-        return self._statuses(sorted(self.r.smembers(self.keys.workers)), held=True)
+        return self._statuses(sorted(_texts(self.r.smembers(self.keys.workers))), held=True)
 
     def epoch(self) -> str | None:
         value = self.r.get(self.keys.epoch)
         return None if value is None else str(value)
 
     def fail_reasons(self, tasks: Sequence[str]) -> list[str | None]:
-        return list(self.r.hmget(self.keys.task_fail_reason, list(tasks))) if tasks else []
+        if not tasks:
+            return []
+        return [None if v is None else _text(v) for v in self.r.hmget(self.keys.task_fail_reason, list(tasks))]
 
     def last_event_id(self) -> str:
         """ID of the newest terminal-transition event ('0-0' if none): a starting point for wait_event."""
-        last = self.r.xrevrange(self.keys.events, count=1)
+        last: Any = self.r.xrevrange(self.keys.events, count=1)
         return str(last[0][0]) if last else "0-0"
 
     def wait_event(self, after_id: str, timeout_ms: int) -> tuple[str, dict[str, str]] | None:
         """Block until a task reaches a terminal state after `after_id` (the bench's pickup probe)."""
-        got = self.r.xread({self.keys.events: after_id}, count=1, block=timeout_ms)
+        got: Any = self.r.xread({self.keys.events: after_id}, count=1, block=timeout_ms)
         if not got:
             return None
         event_id, fields = got[0][1][0]
@@ -259,12 +265,21 @@ class Queue:
 
     # --- wake-ups -----------------------------------------------------------------------------
     def subscribe_wake(self) -> PubSub:
-        pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+        pubsub: PubSub = self.r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         pubsub.subscribe(self.keys.wake_channel)
         return pubsub
 
 
-# --- reply parsers: raw Lua replies become records here and nowhere else ----------------------
+# --- reply parsers: raw replies become records here and nowhere else ---------------------------
+def _text(value: bytes | str) -> str:
+    """Replies are decoded (decode_responses=True); redis-py's types still allow bytes."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _texts(values: Iterable[bytes | str]) -> list[str]:
+    return [_text(v) for v in values]
+
+
 def _claimed(flat: Sequence[str]) -> list[Claimed]:
     return [Claimed.from_reply(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
 

@@ -81,7 +81,7 @@ def clear_stop(q: Queue) -> None:
 
 def reset(q: Queue) -> int:
     """Delete this queue's keys only (never FLUSHALL/FLUSHDB/KEYS), in batches."""
-    names = list(q.r.smembers(q.keys.workers))
+    names = list(q.workers())
     doomed = q.keys.queue_keys() + [q.keys.owned(n) for n in names] + [q.keys.lease(n) for n in names]
     deleted = 0
     for start in range(0, len(doomed), DELETE_BATCH):

@@ -22,6 +22,8 @@ from distcomp_obs.worker.polling import Wait
 from distcomp_obs.worker.results import Result
 
 log = logging.getLogger(__name__)
+
+
 class Fetcher:
     def __init__(self, settings: Settings, incarnation: str, parts: Parts) -> None:
         self.s = settings

@@ -44,7 +44,7 @@ class WakeListener:
                 pass
 
     def _handle(self, message: dict[str, str] | None) -> None:
-        """"submit <max priority>" from submit/retry/requeue, "stop" from `distcomp stop-workers`."""
+        """Handle "submit <max priority>" (submit, retry, requeue) and "stop" (`distcomp stop-workers`)."""
         if not message or message.get("type") != "message":
             return
         if message["data"] == "stop":

@@ -45,5 +45,3 @@ class Parts:
     tracer: tracing.WorkerTracer | None
     stopping: threading.Event
     hard_stop: threading.Event
-
-

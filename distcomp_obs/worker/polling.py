@@ -39,4 +39,4 @@ def adaptive_wait(claimed: int, remaining: int, misses: int, max_wait_s: float, 
 
 def idle_backoff(misses: int, cap_s: float, rng: random.Random, base_s: float = 0.01) -> float:
     """Full-jitter exponential backoff: 10 ms, 20 ms, ... capped."""
-    return rng.uniform(0.5, 1.0) * min(cap_s, base_s * 2 ** min(misses, 20))
+    return rng.uniform(0.5, 1.0) * min(cap_s, base_s * 2.0 ** min(misses, 20))

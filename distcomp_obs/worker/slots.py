@@ -89,7 +89,7 @@ class SlotPool:
             r.kill(reason)
 
     # --- the slot threads ----------------------------------------------------------------------
-    def start(self, guard: TaskGuard, give_back: GiveBack, tracer: tracing.WorkerTracer | None) -> None:
+    def start(self, guard: TaskGuard | None, give_back: GiveBack, tracer: tracing.WorkerTracer | None) -> None:
         self.guard, self.give_back, self.tracer = guard, give_back, tracer
         for i in range(self.s.concurrency):
             thread = threading.Thread(target=self._slot_loop, name=f"slot-{i}", daemon=True)
