@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from distcomp_obs.queue import ClaimLimits, Queue
+from distcomp_obs.queue import Queue
+from distcomp_obs.records import ClaimLimits, Report
 from tests.conftest import run_cli
 
 
@@ -66,12 +67,10 @@ def test_workers_requeue_dead_and_forget(redis_url: str, prefix: str, queue: Que
 
 
 def test_retry_failed_purge_finished_and_reset(redis_url: str, prefix: str, queue: Queue) -> None:
-    from distcomp_obs.queue import Report
-
     queue.submit(["shell:1:0:0:ok", "shell:1:0:0:ko"])
     assert queue.acquire_lease("w", "i", 60_000)
     claimed = queue.claim("w", "i", 2, ClaimLimits(8, 8)).tasks
-    reports = [Report(c.task, c.token, "finished" if "ok" in c.task else "failed", "r") for c in claimed]
+    reports = [Report(c.line, c.token, "finished" if "ok" in c.line else "failed", "r") for c in claimed]
     queue.settle("w", "i", reports, 0, ClaimLimits(8, 8), max_retry=0)
     assert "requeued 1 failed task(s)" in cli(redis_url, prefix, "retry-failed")[1]
     assert "purged 1 finished task(s)" in cli(redis_url, prefix, "purge-finished")[1]

@@ -576,8 +576,9 @@ def prometheus(tmp_path_factory):
             proc.kill()
             proc.wait(timeout=10)
         log.close()
-        worker.shutdown()
-        exporter.shutdown()
+        for server in (worker, exporter):
+            server.shutdown()
+            server.server_close()
 
 
 def test_prometheus_discovers_workers_through_http_sd(prometheus):

@@ -537,3 +537,4 @@ def test_compose_stack_natively(redis_url: str, prefix: str, queue, tmp_path: Pa
         stack.stop()
         if webhook:
             webhook.server.shutdown()
+            webhook.server.server_close()

@@ -43,3 +43,25 @@ def test_run_interrupted_loses_nothing_and_resumes(tmp_path: Path) -> None:
     again = run_cli("run", str(tasks), "--workers", "2", "--data-dir", data, timeout=120)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "40 finished, 0 failed, 0 waiting" in again.stdout and "audit OK" in again.stdout
+
+
+def test_run_workers_get_the_runs_settings_and_tasks_do_not_see_them(tmp_path: Path) -> None:
+    """The workers of `run` get the run's Settings as JSON in their environment, then drop it."""
+    import json
+    import sys
+
+    data = tmp_path / "data"
+    env_out, workers_out = tmp_path / "env.txt", tmp_path / "workers.json"
+    show_workers = f"{sys.executable} -m distcomp_obs workers --json --redis-url unix://{data}/redis/redis.sock"
+    tasks = tmp_path / "t.txt"
+    tasks.write_text(f"shell:1:0:0:env > {env_out}\nshell:1:0:0:{show_workers} > {workers_out}\n")
+    result = run_cli("run", str(tasks), "--workers", "2", "--data-dir", str(data), "--baseline", "--concurrency", "1",
+                     timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    env = env_out.read_text()
+    assert "DISTCOMP_WORKER_SETTINGS" not in env and "DISTCOMP_LOG_LEVEL=" in env
+    workers = json.loads(workers_out.read_text())
+    assert workers and set(workers) <= {"local-1", "local-2"}
+    for w in workers.values():
+        assert (w["variant"], w["concurrency"], w["prefetch"], w["pipeline"]) == ("baseline", 1, 0, False)
+        assert w["metrics_url"].startswith("http://127.0.0.1:")

@@ -241,15 +241,6 @@ class Queue:
         """Registered workers with their last heartbeat, whether their lease is alive, tasks held."""
         return self._statuses(sorted(_texts(self.r.smembers(self.keys.workers))), held=True)
 
-    def epoch(self) -> str | None:
-        value = self.r.get(self.keys.epoch)
-        return None if value is None else str(value)
-
-    def fail_reasons(self, tasks: Sequence[str]) -> list[str | None]:
-        if not tasks:
-            return []
-        return [None if v is None else _text(v) for v in self.r.hmget(self.keys.task_fail_reason, list(tasks))]
-
     def last_event_id(self) -> str:
         """ID of the newest terminal-transition event ('0-0' if none): a starting point for wait_event."""
         last: Any = self.r.xrevrange(self.keys.events, count=1)
