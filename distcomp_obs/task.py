@@ -143,6 +143,9 @@ def read_task_file(path: str | Path) -> tuple[list[Task], list[TaskLineError]]:
             errors.append(TaskLineError(f"not valid UTF-8 at byte {exc.start}", name, lineno))
             decoded.append("")
     for _, item in iter_task_lines(decoded, name):
-        (errors if isinstance(item, TaskLineError) else tasks).append(item)  # type: ignore[arg-type]
+        if isinstance(item, TaskLineError):
+            errors.append(item)
+        else:
+            tasks.append(item)
     errors.sort(key=lambda e: e.lineno)
     return tasks, errors
