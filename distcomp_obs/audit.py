@@ -1,4 +1,4 @@
-"""The "nothing lost" invariant as code (DESIGN.md §2), shared by tests, `distcomp run`,
+"""The "nothing lost" invariant as code (docs/ARCHITECTURE.md#the-invariant), shared by tests, `distcomp run`,
 `distcomp status --check` and the bench.
 
 Holds when: the records agree with each other (todo index = todo hash; in-progress = claims =

@@ -28,13 +28,5 @@ class WorkerNameTaken(DistcompError):
     """Another live process holds this worker name's lease."""
 
 
-class LeaseLost(DistcompError):
-    """This worker's lease expired or was taken over: it must stop claiming."""
-
-
 class RedisUnavailable(DistcompError):
     """Redis could not be reached (host named, password never shown)."""
-
-
-class RedisStateLost(DistcompError):
-    """Redis answered but the queue's epoch key is gone: it restarted without persistence."""

@@ -1,5 +1,5 @@
 """The queue exporter: queue-level metrics read from Redis at scrape time, and Prometheus HTTP
-service discovery of every registered worker's metrics endpoint (DESIGN.md §4).
+service discovery of every registered worker's metrics endpoint (docs/ARCHITECTURE.md#endpoints).
 
 One exporter per deployment; it may watch several queues (key prefixes) of one Redis. A scrape
 costs two pipelined round trips per queue and O(1) + O(workers) commands (`Queue.snapshot`),

@@ -1,4 +1,4 @@
-"""Every Prometheus metric of the worker, with its help text and buckets (DESIGN.md §4).
+"""Every Prometheus metric of the worker, with its help text and buckets (docs/OBSERVABILITY.md).
 
 Metrics are built on a registry passed in (one per worker process, one per test), never as
 import-time globals. Known label values are initialised so `increase()` sees the first event.
@@ -19,7 +19,8 @@ ROUNDTRIP_OPS = ("claim", "report", "heartbeat", "reap", "poll", "return", "subm
 REDIS_ERRORS = ("connection", "timeout", "response", "script")
 TASK_TYPES = ("shell", "python", "builtin")
 OUTCOMES = ("finished", "failed", "retried")
-RETURN_REASONS = ("sigterm", "memory_pressure", "restart", "lease_lost", "reconcile", "shutdown", "timeout")
+#: why claimed tasks go back unfinished (a task that times out is failed, not returned)
+RETURN_REASONS = ("sigterm", "memory_pressure", "restart", "reconcile", "shutdown")
 SLEEP_REASONS = ("fixed_interval", "idle_backoff", "blocking_wait", "buffer_full", "redis_down")
 BUFFER_EVENTS = ("take", "refill")
 

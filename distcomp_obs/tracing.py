@@ -1,4 +1,4 @@
-"""OpenTelemetry setup from the standard OTEL_* variables, and the spans of DESIGN.md §5.
+"""OpenTelemetry setup from the standard OTEL_* variables, and the spans of docs/ARCHITECTURE.md#traces.
 
 Tracing is off unless an exporter is configured (OTEL_TRACES_EXPORTER=otlp|console, or an
 OTLP endpoint variable; OTEL_SDK_DISABLED=true wins). Spans follow the messaging semantic

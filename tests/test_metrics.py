@@ -1,5 +1,5 @@
 """A real worker's /metrics and /healthz after it ran real tasks from real Redis: every family of
-DESIGN.md §4 with its type and labels, counts that match the records, buckets, the series budget,
+docs/OBSERVABILITY.md with its type and labels, counts that match the records, buckets, the series budget,
 promtool, and health that follows Redis."""
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def test_worker_metrics_after_draining(queue: Queue, start_worker) -> None:
     assert info.labels == {"worker": "mw", "version": __version__, "variant": "opt", "pipeline": "true",
                            "prefetch": "8", "polling": "adaptive"}  # fmt: skip
 
-    # buckets fit what they measure (DESIGN §4)
+    # buckets fit what they measure (docs/OBSERVABILITY.md)
     def bounds(name: str, **labels: str) -> list[float]:
         return [
             float(s.labels["le"])

@@ -47,7 +47,7 @@ import build_dashboards  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
-# The metrics contract (DESIGN.md §4): the only metric names the boards and rules may use, besides
+# The metrics contract (docs/OBSERVABILITY.md): the only metric names the boards and rules may use, besides
 # the recording rules defined in prometheus/rules and Prometheus's own series.
 HISTOGRAMS = {
     "distcomp_redis_roundtrip_seconds",

@@ -1,5 +1,5 @@
 """Traces end to end: `distcomp submit` and a real worker export OTLP/HTTP to a receiver started
-here on loopback; the spans must follow DESIGN.md §5 and the worker's OpenMetrics exposition must
+here on loopback; the spans must follow docs/ARCHITECTURE.md#traces and the worker's OpenMetrics exposition must
 carry their ids as exemplars."""
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""`distcomp bench`: the latency proxy, the A/B runner and its report (DESIGN.md §7)."""
+"""`distcomp bench`: the latency proxy, the A/B runner and its report (docs/BENCHMARKS.md)."""

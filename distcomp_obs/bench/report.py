@@ -171,11 +171,13 @@ def _pickup_section(f: Figures) -> list[str]:
 def _scale_claim_lines(f: Figures, c: dict[str, Any]) -> list[str]:
     if not c:
         return []
+    if "error" in c and "claims_per_s_median" not in c:
+        return [f"- claim throughput: not measured ({c['error']})"]
     med = c.get("claims_per_s_median", {})
-    q = c.get("queued", {})
+    q = {size: f"{n:,}" if isinstance(n, int) else "?" for size, n in c.get("queued", {}).items()}
     out = [
         f"- claim throughput (32-task atomic claims from one client): {fmt(med.get('small'))} tasks/s "
-        f"with {q.get('small', '?'):,} queued vs {fmt(med.get('big'))} with {q.get('big', '?'):,} "
+        f"with {q.get('small', '?')} queued vs {fmt(med.get('big'))} with {q.get('big', '?')} "
         f"queued ({fmt((c.get('big_vs_small') or 0) * 100)} %)"
     ]
     w = c.get("worker_big", {})

@@ -1,6 +1,6 @@
 """`distcomp bench`: real worker processes per variant, one Redis, a latency proxy in between.
 
-Method (DESIGN.md §7): for each workload and injected latency, variants run one after the other,
+Method (docs/BENCHMARKS.md): for each workload and injected latency, variants run one after the other,
 interleaved (A B C A B C ...) and repeated, each on a fresh key prefix of the same Redis. A
 drain run starts the worker idle, pauses it (SIGSTOP) while the tasks are submitted, and times
 from SIGCONT to the last task recorded, so neither interpreter start-up nor submission is in

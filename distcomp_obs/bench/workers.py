@@ -14,7 +14,7 @@ from pathlib import Path
 from distcomp_obs.netutil import free_port
 from distcomp_obs.queue import Queue
 
-#: the variants the bench knows: worker flags that select each (DESIGN.md §3)
+#: the variants the bench knows: worker flags that select each (docs/ARCHITECTURE.md#the-three-optimizations)
 VARIANT_FLAGS: dict[str, list[str]] = {
     "baseline": ["--baseline"],
     "baseline-nosleep": ["--baseline", "--poll-interval", "0"],

@@ -50,7 +50,7 @@ def _add_bench(sub: Subparsers) -> None:
     from distcomp_obs.bench.runner import WORKLOADS
     from distcomp_obs.bench.workers import DEFAULT_VARIANTS
 
-    p = sub.add_parser("bench", help="A/B benchmark of the optimizations through a latency proxy (DESIGN.md §7)")
+    p = sub.add_parser("bench", help="A/B benchmark of the optimizations through a latency proxy (docs/BENCHMARKS.md)")
     p.add_argument("--redis-url", help="benchmark against this Redis (default: a private embedded redis-server)")
     p.add_argument("--workloads", type=_names, default=list(WORKLOADS), help=f"comma list of {','.join(WORKLOADS)}")
     p.add_argument("--variants", type=_names, default=list(DEFAULT_VARIANTS), help="comma list (default: all six)")
