@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class DistcompError(Exception):
     """Base of every error this package raises on purpose."""
@@ -30,3 +33,18 @@ class WorkerNameTaken(DistcompError):
 
 class RedisUnavailable(DistcompError):
     """Redis could not be reached (host named, password never shown)."""
+
+
+def run_command(command: str, action: Callable[[], int]) -> int:
+    """Run one `distcomp` command: our errors become one line on stderr and exit status 2 (no
+    traceback), a missing file names itself, Ctrl-C exits 130."""
+    try:
+        return action()
+    except DistcompError as exc:
+        print(f"distcomp {command}: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"distcomp {command}: no such file: {exc.filename}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from distcomp_obs import __version__
 from distcomp_obs.cli import bench, queue_commands, run
-from distcomp_obs.errors import DistcompError
+from distcomp_obs.errors import run_command
 
 __all__ = ["HANDLERS", "build_parser", "main"]
 
@@ -44,13 +44,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     args = build_parser().parse_args(argv)
-    try:
-        return HANDLERS[args.command](args)
-    except DistcompError as exc:
-        print(f"distcomp {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:
-        print(f"distcomp {args.command}: no such file: {exc.filename}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_command(args.command, partial(HANDLERS[args.command], args))

@@ -13,7 +13,7 @@ import os
 import sys
 
 from distcomp_obs.config import WORKER_SETTINGS_ENV, settings_from_json
-from distcomp_obs.errors import DistcompError
+from distcomp_obs.errors import DistcompError, run_command
 
 
 def main() -> int:
@@ -31,16 +31,7 @@ def main() -> int:
     from distcomp_obs.worker import Worker
 
     tracing.setup("distcomp-worker")
-    try:
-        return Worker(settings).run()
-    except DistcompError as exc:
-        print(f"distcomp worker: {exc}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:
-        print(f"distcomp worker: no such file: {exc.filename}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_command("worker", lambda: Worker(settings).run())
 
 
 if __name__ == "__main__":
