@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import enum
 import math
+import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from distcomp_obs.errors import TaskLineError
+from distcomp_obs.errors import DistcompError, TaskLineError
 
 #: Highest accepted priority. Scores are ``(MAX_PRIORITY - priority) * 2**32 + seq`` and must
 #: stay below 2**53 to be exact in a Redis sorted-set double.
@@ -22,6 +23,8 @@ MAX_PRIORITY = 1_000_000
 #: in logs, so a multi-megabyte line is almost surely a mistake.
 MAX_LINE_BYTES = 64 * 1024
 BUILTINS = ("noop", "sleep", "fail")
+#: Malformed lines listed one by one; past this a file is summarised (a binary file is not a list).
+MAX_REPORTED_ERRORS = 20
 
 
 class TaskType(enum.StrEnum):
@@ -149,3 +152,69 @@ def read_task_file(path: str | Path) -> tuple[list[Task], list[TaskLineError]]:
             tasks.append(item)
     errors.sort(key=lambda e: e.lineno)
     return tasks, errors
+
+
+@dataclass
+class TaskFile:
+    """A task file as read: its valid tasks once each, in file order, and what was wrong."""
+
+    path: str
+    tasks: list[Task] = field(default_factory=list)
+    errors: list[TaskLineError] = field(default_factory=list)  # the first MAX_REPORTED_ERRORS, by line
+    error_count: int = 0  # every malformed line
+    duplicates: int = 0  # valid lines repeating an earlier one (identical lines are one task)
+
+    def error_lines(self) -> list[str]:
+        """What to print: one line per listed error, then one for the rest."""
+        out = [str(e) for e in self.errors]
+        if self.error_count > len(self.errors):
+            out.append(f"{self.path}: ... and {self.error_count - len(self.errors)} more malformed line(s)")
+        return out
+
+
+def _read_bytes(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    p = Path(path)
+    if p.is_dir():
+        raise DistcompError(f"{path} is a directory, not a task file")
+    try:
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise DistcompError(f"no such file: {path}") from None
+    except OSError as exc:
+        raise DistcompError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def load_task_file(path: str | Path) -> TaskFile:
+    """Read a task file ("-": standard input). Bad lines are reported with their line number and
+    the rest still load; a directory, an unreadable or a binary file is one DistcompError."""
+    name = str(path)
+    data = _read_bytes(name)
+    if b"\0" in data[:65536]:
+        raise DistcompError(f"{name} is not a text file (it contains NUL bytes)")
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark, as some editors write
+        data = data[3:]
+    result = TaskFile(name)
+    seen: set[str] = set()
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            _add_error(result, TaskLineError(f"not valid UTF-8 at byte {exc.start}", name, lineno))
+            continue
+        for _, item in iter_task_lines([text], name):
+            if isinstance(item, TaskLineError):
+                _add_error(result, TaskLineError(item.reason, name, lineno))
+            elif item.line in seen:
+                result.duplicates += 1
+            else:
+                seen.add(item.line)
+                result.tasks.append(item)
+    return result
+
+
+def _add_error(result: TaskFile, error: TaskLineError) -> None:
+    result.error_count += 1
+    if len(result.errors) < MAX_REPORTED_ERRORS:
+        result.errors.append(error)
