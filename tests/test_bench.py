@@ -146,3 +146,27 @@ def test_loadgen_stops_cleanly_on_sigterm(redis_url: str, queue: Queue, prefix: 
     before = queue.stats()["submitted"]
     time.sleep(0.3)
     assert queue.stats()["submitted"] == before  # nothing after exit
+
+
+@pytest.mark.timeout(300)
+def test_cluster_workload_reports_throughput_and_redis_costs_per_worker_count(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    res = run_cli(
+        "bench", "--workloads", "cluster", "--cluster-workers", "1,2", "--repeat", "1", "--tasks", "500",
+        "--latency-ms", "0", "--out", str(out), timeout=280,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert not [r for r in runs if "error" in r], [r["error"] for r in runs if "error" in r]
+    assert sorted(r["workers"] for r in runs) == [1, 2]
+    for r in runs:
+        assert r["workload"] == "cluster" and r["audit_ok"] is True and r["done"] == r["tasks"] == 500 * r["workers"]
+        assert r["redis_cpu_us_per_task"] > 0 and r["redis_cpu_us_per_line"] > 0 and r["redis_busy_pct"] > 0
+        assert r["redis_bytes_per_queued_task"] > 0 and r["submit_lines_per_s"] > 0
+    report = (out / "report.md").read_text()
+    assert "## Cluster: workers on one Redis" in report
+    assert [
+        line.split("|")[1].strip()
+        for line in report.splitlines()
+        if line.startswith("| 1 |") or line.startswith("| 2 |")
+    ] == ["1", "2"]

@@ -218,6 +218,30 @@ def _scale_section(f: Figures, scale: dict[str, Any]) -> list[str]:
     ]
 
 
+def _cluster_section(f: Figures) -> list[str]:
+    """W workers on one Redis: aggregate throughput, its step from the previous W, Redis costs."""
+    rows = sorted(((int(v.removeprefix("all-w")), v) for (w, v, _) in f.s if w == "cluster"), key=lambda r: r[0])
+    if not rows:
+        return []
+    head = ["workers", "tasks/s", "× previous", "Redis µs/task", "Redis busy %", "Redis µs/line", "bytes/queued task",
+            "submit lines/s"]  # fmt: skip
+    out = ["## Cluster: workers on one Redis", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    previous: float | None = None
+    for workers, variant in rows:
+        s = f.s[("cluster", variant, 0.0)]
+        tps = s.get("tasks_per_s", {}).get("median")
+        step = ratio_x(tps / previous) if tps and previous else "–"
+        metrics = ("redis_cpu_us_per_task", "redis_busy_pct", "redis_cpu_us_per_line", "redis_bytes_per_queued_task",
+                   "submit_lines_per_s")  # fmt: skip
+        out.append(
+            "| "
+            + " | ".join([str(workers), _cell(s.get("tasks_per_s")), step, *(_cell(s.get(m)) for m in metrics)])
+            + " |"
+        )
+        previous = tps
+    return [*out, ""]
+
+
 def render_markdown(results: dict[str, Any], chart_name: str | None = "bench.png") -> str:
     f = Figures(results)
     out = _header(results.get("meta", {}))
@@ -227,6 +251,7 @@ def render_markdown(results: dict[str, Any], chart_name: str | None = "bench.png
     out += _drain_section(f)
     out += _pickup_section(f)
     out += _scale_section(f, results.get("scale", {}))
+    out += _cluster_section(f)
     bad = [r for r in results.get("runs", []) if r.get("audit_ok") is False]
     out += [f"Audit after each drain run: {'all OK' if not bad else f'{len(bad)} run(s) FAILED the audit'}.", ""]
     if chart_name:

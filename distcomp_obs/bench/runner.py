@@ -39,6 +39,7 @@ import psutil
 import redis
 
 from distcomp_obs.bench import probes
+from distcomp_obs.bench.cluster import cluster_workload
 from distcomp_obs.bench.proxy import LatencyProxy, Upstream, measure_rtt_ms
 from distcomp_obs.bench.scale import scale_workload
 from distcomp_obs.bench.workers import DEFAULT_VARIANTS, Variant, WorkerGroup
@@ -47,12 +48,14 @@ from distcomp_obs.netutil import free_port
 from distcomp_obs.queue import Queue
 from distcomp_obs.redis_io import RedisServer, connect
 
-WORKLOADS = ("noop", "shell", "pickup", "scale")
+WORKLOADS = ("noop", "shell", "pickup", "scale", "cluster")
+#: what `distcomp bench` runs unless --workloads says otherwise (cluster is opt-in: it takes long)
+DEFAULT_WORKLOADS = ("noop", "shell", "pickup", "scale")
 
 
 @dataclass
 class BenchOptions:
-    workloads: list[str] = field(default_factory=lambda: ["noop", "shell", "pickup", "scale"])
+    workloads: list[str] = field(default_factory=lambda: list(DEFAULT_WORKLOADS))
     variants: list[str] = field(default_factory=lambda: list(DEFAULT_VARIANTS))
     latencies_ms: list[float] = field(default_factory=lambda: [0.0, 1.0, 5.0])
     repeat: int = 3
@@ -67,6 +70,7 @@ class BenchOptions:
     scale_queued: int = 1_000_000
     scale_idle_workers: int = 200
     scale_seconds: float = 3.0
+    cluster_workers: list[int] = field(default_factory=lambda: [1, 2, 4])  # W values of the cluster workload
     overhead: bool = True  # extra control runs: --no-metrics and direct (no proxy)
     redis_url: str | None = None
     out_dir: str = "bench-results"
@@ -93,6 +97,7 @@ WORKLOAD_RUNNERS: dict[str, Callable[[Bench, str], None]] = {
     "shell": drain_workload,
     "pickup": pickup_workload,
     "scale": scale_workload,
+    "cluster": cluster_workload,
 }
 
 

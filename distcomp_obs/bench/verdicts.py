@@ -30,6 +30,12 @@ METRICS = (
     "idle_redis_commands_per_s_per_worker",
     "idle_worker_housekeeping_commands_per_s",
     "idle_worker_beyond_heartbeat_commands_per_s",
+    # the cluster workload (Redis-side costs from INFO)
+    "redis_cpu_us_per_task",
+    "redis_cpu_us_per_line",
+    "redis_busy_pct",
+    "redis_bytes_per_queued_task",
+    "submit_lines_per_s",
 )
 
 
