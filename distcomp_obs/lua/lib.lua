@@ -89,42 +89,103 @@ local function reap_one(task, owned_key, max_reaps, now)
   return requeue(task, owned_key, now), 0
 end
 
--- Claim up to n tasks for this worker: highest priority first, FIFO within a priority,
--- skipping tasks that do not fit its memory/cores or that already failed on it.
--- Cost O(log N + window): the window bounds the scan whatever the queue length.
-local function claim(worker, incarnation, n, free_dram, cpus, window, now)
-  if n <= 0 then return {} end
-  local picked = {}
-  local candidates = redis.call('ZRANGE', K.todo_index, 0, window - 1)
+-- Variadic calls take many members at once (a task's life costs a few calls per *batch*, not
+-- per task); `unpack` is bounded by Lua's C stack, so long lists go in slices.
+local SLICE = 1000
+local function call_many(cmd, key, items)
+  for i = 1, #items, SLICE do
+    redis.call(cmd, key, unpack(items, i, math.min(i + SLICE - 1, #items)))
+  end
+end
+
+-- Candidates for a claim: the head of the priority index, read in chunks a little larger than
+-- what is wanted (never more than `window`), with where each already failed (one HMGET per
+-- chunk, none while no task has failed anywhere).
+local function pick(worker, n, free_dram, cpus, window)
+  local picked, drams = {}, 0
   local marker = ',' .. worker .. ','
-  for _, task in ipairs(candidates) do
-    local _, dram, cpu = task_fields(task)
-    if dram <= free_dram and cpu <= cpus then
-      local failed_on = redis.call('HGET', K.failed_tasks, task)
-      if not failed_on or not string.find(failed_on, marker, 1, true) then
-        picked[#picked + 1] = task
-        free_dram = free_dram - dram
-        if #picked >= n then break end
+  local any_failed = redis.call('HLEN', K.failed_tasks) > 0
+  local start = 0
+  while #picked < n and start < window do
+    local stop = math.min(window, start + n - #picked + 16) - 1
+    local candidates = redis.call('ZRANGE', K.todo_index, start, stop)
+    if #candidates == 0 then break end
+    local failed = any_failed and redis.call('HMGET', K.failed_tasks, unpack(candidates)) or {}
+    for i, task in ipairs(candidates) do
+      local _, dram, cpu = task_fields(task)
+      if dram <= free_dram - drams and cpu <= cpus then
+        local f = failed[i]
+        if not f or not string.find(f, marker, 1, true) then
+          picked[#picked + 1] = task
+          drams = drams + dram
+          if #picked >= n then break end
+        end
       end
     end
+    start = stop + 1
   end
+  return picked
+end
+
+-- Claim up to n tasks for this worker: highest priority first, FIFO within a priority,
+-- skipping tasks that do not fit its memory/cores or that already failed on it.
+-- Cost O(log N + window) and about ten calls whatever n: the window bounds the scan.
+local function claim(worker, incarnation, n, free_dram, cpus, window, now)
+  if n <= 0 then return {} end
+  local picked = pick(worker, n, free_dram, cpus, window)
   if #picked == 0 then return {} end
   local base = redis.call('HINCRBY', K.stats, 'claimed', #picked) - #picked
+  local holders, ages, tokens = {}, {}, {}
+  for i, task in ipairs(picked) do
+    holders[#holders + 1] = task
+    holders[#holders + 1] = worker
+    ages[#ages + 1] = now
+    ages[#ages + 1] = task
+    tokens[#tokens + 1] = task
+    tokens[#tokens + 1] = incarnation .. ':' .. (base + i)
+  end
+  call_many('ZREM', K.todo_index, picked)
+  call_many('HDEL', K.todo_tasks, picked)
+  call_many('ZREM', K.todo_age, picked)
+  call_many('HSET', K.in_progress_tasks, holders)
+  call_many('ZADD', K.in_progress_age, ages)
+  call_many('HSET', K.claims, tokens)
+  call_many('SADD', K.owned, picked)
+  local metas = redis.call('HMGET', K.task_meta, unpack(picked))
   local out = {}
   for i, task in ipairs(picked) do
-    local token = incarnation .. ':' .. (base + i)
-    redis.call('ZREM', K.todo_index, task)
-    redis.call('HDEL', K.todo_tasks, task)
-    redis.call('ZREM', K.todo_age, task)
-    redis.call('HSET', K.in_progress_tasks, task, worker)
-    redis.call('ZADD', K.in_progress_age, now, task)
-    redis.call('HSET', K.claims, task, token)
-    redis.call('SADD', K.owned, task)
     out[#out + 1] = task
-    out[#out + 1] = token
-    out[#out + 1] = redis.call('HGET', K.task_meta, task) or '{}'
+    out[#out + 1] = tokens[2 * i]
+    out[#out + 1] = metas[i] or '{}'
   end
   return out
+end
+
+-- Record a batch of finished tasks whose claims were checked current: a few variadic calls for
+-- the batch; terminal_count (the commit point the audit checks) stays one HINCRBY per task.
+-- One event for the batch: 'task' repeats, once per task.
+local function finish_many(items, now)
+  local tasks, outputs, tokens = {}, {}, {}
+  local event = {'MAXLEN', '~', EVENTS_MAXLEN, '*', 'state', 'finished', 'ms', now}
+  for _, it in ipairs(items) do
+    local task = it[1]
+    redis.call('HINCRBY', K.terminal_count, task, 1)
+    tasks[#tasks + 1] = task
+    outputs[#outputs + 1] = task
+    outputs[#outputs + 1] = it[3]
+    tokens[#tokens + 1] = task
+    tokens[#tokens + 1] = it[2]
+    event[#event + 1] = 'task'
+    event[#event + 1] = task
+  end
+  call_many('HDEL', K.in_progress_tasks, tasks)
+  call_many('ZREM', K.in_progress_age, tasks)
+  call_many('HDEL', K.claims, tasks)
+  call_many('SREM', K.owned, tasks)
+  call_many('HSET', K.finished_tasks, outputs)
+  call_many('HSET', K.settled, tokens)
+  redis.call('HINCRBY', K.stats, 'finished', #tasks)
+  redis.call('XADD', K.events, unpack(event))
 end
 
 -- A task is never retried on a worker where it failed; if every live worker (heartbeat seen

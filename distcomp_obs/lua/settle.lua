@@ -11,11 +11,29 @@ local max_retry = tonumber(ARGV[7])
 local r = tonumber(ARGV[8])
 local codes = {}
 local retried = false
+-- One HMGET tells which reports still hold their claim: those that finished are recorded
+-- together (finish_many); failures, stale and repeated reports go through report_one, after.
+local tasks = {}
+for i = 0, r - 1 do tasks[i + 1] = ARGV[9 + i * 4] end
+local current = r > 0 and redis.call('HMGET', K.claims, unpack(tasks)) or {}
+local finished, rest, seen = {}, {}, {}
 for i = 0, r - 1 do
+  local b = 9 + i * 4
+  local task, token = ARGV[b], ARGV[b + 1]
+  if ARGV[b + 2] == 'finished' and current[i + 1] == token and not seen[task] then
+    finished[#finished + 1] = {task, token, ARGV[b + 3]}
+    codes[i + 1] = CODE.FINISHED
+  else
+    rest[#rest + 1] = i
+  end
+  seen[task] = true
+end
+if #finished > 0 then finish_many(finished, now) end
+for _, i in ipairs(rest) do
   local b = 9 + i * 4
   local code = report_one(ARGV[1], ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], max_retry, now)
   if code == CODE.RETRIED then retried = true end
-  codes[#codes + 1] = code
+  codes[i + 1] = code
 end
 if retried then redis.call('PUBLISH', K.wake_channel, 'submit 0') end
 local lease_ok = redis.call('GET', K.lease) == ARGV[2]

@@ -10,24 +10,45 @@ local now = now_ms()
 local t = redis.call('TIME')
 local submitted = t[1] .. string.format('%03d.%03d', math.floor(tonumber(t[2]) / 1000), tonumber(t[2]) % 1000)
 redis.call('SET', K.epoch, ARGV[1], 'NX')
-local added, top = 0, -1
-for i = 3, #ARGV do
-  local task = ARGV[i]
-  if redis.call('HEXISTS', K.task_meta, task) == 0 then
-    local seq = redis.call('INCR', K.seq)
-    local meta = {seq = seq, submitted_ms = submitted}
-    if ARGV[2] ~= '' then meta.trace = ARGV[2] end
-    redis.call('HSET', K.task_meta, task, cjson.encode(meta))
-    local prio = task_fields(task)
-    redis.call('ZADD', K.todo_index, score(prio, seq), task)
-    redis.call('HSET', K.todo_tasks, task, now)
-    redis.call('ZADD', K.todo_age, now, task)
-    added = added + 1
-    if prio > top then top = prio end
+-- Which lines are new: one HMGET for the batch (and a table for repeats within it).
+local lines = {}
+for i = 3, #ARGV do lines[#lines + 1] = ARGV[i] end
+if #lines == 0 then return 0 end
+local known = redis.call('HMGET', K.task_meta, unpack(lines))
+local new, seen = {}, {}
+for i, task in ipairs(lines) do
+  if not known[i] and not seen[task] then
+    seen[task] = true
+    new[#new + 1] = task
   end
 end
-if added > 0 then
-  redis.call('HINCRBY', K.stats, 'submitted', added)
-  redis.call('PUBLISH', K.wake_channel, 'submit ' .. top)
+if #new == 0 then return 0 end
+local seq = redis.call('INCRBY', K.seq, #new) - #new
+local metas, index, since, ages = {}, {}, {}, {}
+local top = -1
+for _, task in ipairs(new) do
+  seq = seq + 1
+  local meta
+  if ARGV[2] == '' then  -- formatted by hand: cjson.encode costs more than the rest of a line
+    meta = '{"seq":' .. seq .. ',"submitted_ms":"' .. submitted .. '"}'
+  else
+    meta = cjson.encode({seq = seq, submitted_ms = submitted, trace = ARGV[2]})
+  end
+  local prio = task_fields(task)
+  metas[#metas + 1] = task
+  metas[#metas + 1] = meta
+  index[#index + 1] = score(prio, seq)
+  index[#index + 1] = task
+  since[#since + 1] = task
+  since[#since + 1] = now
+  ages[#ages + 1] = now
+  ages[#ages + 1] = task
+  if prio > top then top = prio end
 end
-return added
+call_many('HSET', K.task_meta, metas)
+call_many('ZADD', K.todo_index, index)
+call_many('HSET', K.todo_tasks, since)
+call_many('ZADD', K.todo_age, ages)
+redis.call('HINCRBY', K.stats, 'submitted', #new)
+redis.call('PUBLISH', K.wake_channel, 'submit ' .. top)
+return #new
