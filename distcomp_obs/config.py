@@ -1,15 +1,19 @@
-"""Settings: YAML file, then DISTCOMP_* environment variables, then flags (later wins).
+"""Settings: YAML file, then DISTCOMP_* environment variables, then --baseline, then the other flags
+(later wins).
 
 Every value is validated when Settings are built, and an invalid one names the field, the value
-and what is expected, before anything touches Redis. DistComp's conf.json keys are accepted.
+and what is expected, before anything touches Redis. DistComp's conf.json keys are accepted. A
+DISTCOMP_* variable that names no setting is reported once on stderr with the closest known name.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -32,7 +36,7 @@ NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789
 class Settings:
     #: redis://[user:password@]host:port/db, rediss:// (TLS) or unix:///path.sock
     redis_url: str = "redis://127.0.0.1:6379/0"
-    #: key prefix: several queues can share one Redis
+    #: key prefix: several queues can share one Redis (a missing trailing ':' is added: `jobs` = `jobs:`)
     prefix: str = DEFAULT_PREFIX
     #: worker name, unique among live workers (default: this host's name)
     name: str = ""
@@ -76,8 +80,12 @@ class Settings:
     metrics_addr: str = "127.0.0.1:0"
     #: DEBUG, INFO, WARNING or ERROR
     log_level: str = "INFO"
+    #: text (one line per record) or json (one JSON object per line: time, level, logger, message)
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
+        # `jobs` and `jobs:` are one queue: keys are always `<prefix>:<record>`
+        object.__setattr__(self, "prefix", normalise_prefix(self.prefix))
         validate(self)
 
     @property
@@ -111,6 +119,13 @@ def variant_name(pipeline: bool, prefetch: int, polling: str, poll_interval_s: f
 BASELINE = {"pipeline": False, "prefetch": 0, "polling": "fixed", "poll_interval_s": 2.0}
 
 
+def normalise_prefix(prefix: str) -> str:
+    """A key prefix ends in ':' (`jobs` -> `jobs:`), so `jobs` and `jobs:` name the same queue; an
+    empty prefix stays empty (and is rejected by validation)."""
+    prefix = prefix.strip()
+    return prefix if not prefix or prefix.endswith(":") else prefix + ":"
+
+
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(name, value, "a number >= 0" if allow_zero else "a number > 0")
@@ -136,11 +151,15 @@ def validate(s: Settings) -> None:
         raise ConfigError("metrics_addr", s.metrics_addr, "HOST:PORT with a port from 0 to 65535")
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log_level", s.log_level, "DEBUG, INFO, WARNING or ERROR")
+    if s.log_format not in ("text", "json"):
+        raise ConfigError("log_format", s.log_format, "'text' or 'json'")
 
 
 def _check_identity_and_protocol(s: Settings) -> None:
     if not s.prefix or any(c.isspace() for c in s.prefix):
         raise ConfigError("prefix", s.prefix, "a non-empty key prefix without spaces")
+    if s.name and not s.name.strip():
+        raise ConfigError("name", s.name, "a non-empty worker name (leave it out for this host's name)")
     if s.name and (not set(s.name) <= NAME_CHARS or len(s.name) > 128):
         raise ConfigError("name", s.name, "letters, digits and - _ . @ (at most 128)")
     if s.concurrency < 0 or s.concurrency > 4096:
@@ -251,13 +270,43 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def read_env(env: Mapping[str, str]) -> dict[str, Any]:
-    out = {}
-    for name in FIELDS:
-        key = f"DISTCOMP_{name.upper()}"
-        if key in env:
-            out[name] = env[key]
+#: the environment variable of each setting
+ENV_NAMES = {f"DISTCOMP_{name.upper()}": name for name in FIELDS}
+#: DISTCOMP_* variables that are not settings but are known (read elsewhere)
+OTHER_ENV = frozenset({WORKER_SETTINGS_ENV})
+#: DISTCOMP_<PREFIX>* families read by tools outside the package (the soak test's knobs)
+OTHER_ENV_PREFIXES = ("DISTCOMP_SOAK_",)
+_warned_env: set[str] = set()
+
+
+def unknown_env(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(unknown DISTCOMP_* name, closest known name or "") for each variable that names no setting."""
+    known = sorted(ENV_NAMES) + sorted(OTHER_ENV)
+    out = []
+    for key in sorted(env):
+        if not key.startswith("DISTCOMP_") or key in ENV_NAMES or key in OTHER_ENV:
+            continue
+        if key.startswith(OTHER_ENV_PREFIXES):
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        out.append((key, close[0] if close else ""))
     return out
+
+
+def warn_unknown_env(env: Mapping[str, str] | None = None) -> None:
+    """One line on stderr per misspelled DISTCOMP_* variable, once per process (every command
+    reads its settings through `read_env`, so every command warns)."""
+    for key, close in unknown_env(os.environ if env is None else env):
+        if key in _warned_env:
+            continue
+        _warned_env.add(key)
+        hint = f"did you mean {close}?" if close else "no setting has this name"
+        print(f"distcomp: warning: ignoring unknown environment variable {key} ({hint})", file=sys.stderr)
+
+
+def read_env(env: Mapping[str, str]) -> dict[str, Any]:
+    warn_unknown_env(env)
+    return {name: env[key] for key, name in ENV_NAMES.items() if key in env}
 
 
 def load_settings(
@@ -266,18 +315,27 @@ def load_settings(
     flags: Mapping[str, Any] | None = None,
     baseline: bool = False,
 ) -> Settings:
-    """Merge defaults < --baseline preset < file < environment < flags, then validate."""
-    merged: dict[str, Any] = dict(BASELINE) if baseline else {}
+    """Merge defaults < file < environment < --baseline preset < the other flags, then validate.
+
+    --baseline is a flag, so it beats the file and the environment for the fields it sets; a
+    per-field flag given with it (`--baseline --prefetch 4`) still wins over the preset."""
+    merged: dict[str, Any] = {}
     if config_file:
         merged.update(read_config_file(config_file))
     merged.update(read_env(os.environ if env is None else env))
+    if baseline:
+        merged.update(BASELINE)
     merged.update({k: v for k, v in (flags or {}).items() if v is not None})
     values = {name: _coerce(name, value) for name, value in merged.items()}
+    if "name" in values and not values["name"].strip():
+        raise ConfigError("name", values["name"], "a non-empty worker name (leave it out for this host's name)")
     values.setdefault("name", socket.gethostname().split(".")[0])
     if not values.get("concurrency"):
         values["concurrency"] = os.cpu_count() or 1
     if isinstance(values.get("log_level"), str):
         values["log_level"] = values["log_level"].upper()
+    if isinstance(values.get("log_format"), str):
+        values["log_format"] = values["log_format"].strip().lower()
     return Settings(**values)
 
 

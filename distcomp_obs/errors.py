@@ -35,6 +35,10 @@ class RedisUnavailable(DistcompError):
     """Redis could not be reached (host named, password never shown)."""
 
 
+class AddressInUse(DistcompError):
+    """An HTTP endpoint (/metrics, /healthz) could not bind its HOST:PORT; names the address and why."""
+
+
 def run_command(command: str, action: Callable[[], int]) -> int:
     """Run one `distcomp` command: our errors become one line on stderr and exit status 2 (no
     traceback), a missing file names itself, Ctrl-C exits 130."""

@@ -1,5 +1,7 @@
 """A small threaded HTTP server for /metrics (Prometheus text or OpenMetrics with exemplars),
-/healthz and extra JSON routes (the exporter's /sd). One per process, explicit bind address."""
+/healthz and extra JSON routes (the exporter's /sd). One per process, explicit bind address; it
+binds when constructed, so a busy port raises AddressInUse (one line) before the caller registers
+anywhere."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+
+from distcomp_obs.errors import AddressInUse
 
 
 class MetricsServer:
@@ -49,7 +53,11 @@ class MetricsServer:
                 pass
 
         self.registry, self.health, self.routes = registry, health, routes or {}
-        self.httpd = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
+        try:  # binds now: a busy or forbidden address is one clear error, before anything else starts
+            self.httpd = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise AddressInUse(f"cannot serve metrics on {addr}: {reason} (choose another --metrics-addr)") from None
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics-http", daemon=True)
 

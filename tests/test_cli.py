@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from distcomp_obs.queue import Queue
 from distcomp_obs.records import ClaimLimits, Report
-from tests.conftest import run_cli
+from distcomp_obs.task import MAX_REPORTED_ERRORS
+from tests.conftest import distcomp_argv, run_cli
 
 
 def cli(redis_url: str, prefix: str, *args: str) -> tuple[int, str, str]:
@@ -25,9 +31,10 @@ def test_submit_reports_bad_lines_and_loads_the_rest(tmp_path: Path, redis_url: 
     code, out, err = cli(redis_url, prefix, "submit", str(f))
     assert code == 1
     assert f"{f}:2: priority must be an integer" in err
-    assert "read 4, added 2, skipped 1 (already known), invalid 1" in out
+    # a line repeated in the file is a duplicate, not "already known" (that is: already in the queue)
+    assert "read 4, added 2, skipped 0 (already known), duplicates 1 (repeated lines), invalid 1" in out
     code, out, _ = cli(redis_url, prefix, "submit", str(f), "--skip-invalid")
-    assert code == 0 and "added 0, skipped 3" in out
+    assert code == 0 and "added 0, skipped 2 (already known), duplicates 1" in out
     assert queue.counts()["todo"] == 2
 
 
@@ -232,3 +239,233 @@ def test_no_import_of_the_cli_below_it_even_inside_functions() -> None:
             assert all(m.startswith("distcomp_obs.cli.common") for m in cli), f"{rel} imports {cli}"
         else:  # cli/common.py and everything outside the CLI
             assert not cli, f"{rel} imports {cli}"
+
+
+# --- issue 13: submit (item 7), help and docs (item 9), output, --json, logs, reset, start-up (item 10) ----------
+
+
+def cli_in(cwd: Path, *args: str, input: str | None = None, env: dict[str, str] | None = None,
+           ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """The real `distcomp` run in a fresh directory (the test's tmp_path)."""
+    return subprocess.run(distcomp_argv(*args), capture_output=True, text=True, timeout=60, input=input,
+                          env={**os.environ, **(env or {})}, cwd=cwd)  # fmt: skip
+
+
+def test_submit_stdin_json_duplicates_and_capped_errors(tmp_path: Path, redis_url: str, prefix: str,
+                                                        queue: Queue) -> None:  # fmt: skip
+    bad = "".join(f"shell:x{i}:0:0:bad\n" for i in range(50))
+    good = "builtin:1:0:0:noop a\nbuiltin:1:0:0:noop a\nbuiltin:1:0:0:noop b\n"
+    lines = good + bad
+    r = cli_in(tmp_path, "submit", "-", "--redis-url", redis_url, "--prefix", prefix, "--json", input=lines)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    data = json.loads(r.stdout)
+    assert (data["file"], data["read"], data["added"], data["already_known"], data["duplicates"], data["invalid"]) == (
+        "<stdin>", 53, 2, 0, 1, 50)  # fmt: skip
+    err = r.stderr.strip().splitlines()
+    assert len(err) == MAX_REPORTED_ERRORS + 1 and err[0].startswith("-:4: priority must be an integer")
+    assert err[-1] == f"-: ... and {50 - MAX_REPORTED_ERRORS} more malformed line(s)"
+    assert data["errors"] == err
+    assert sorted(queue.list_state("todo")) == ["builtin:1:0:0:noop a", "builtin:1:0:0:noop b"]
+    # again: the two tasks are now already known, the repeated line is still a duplicate
+    r = cli_in(tmp_path, "submit", "-", "--redis-url", redis_url, "--prefix", prefix, input=good)
+    assert "<stdin>: read 3, added 0, skipped 2 (already known), duplicates 1 (repeated lines), invalid 0" in r.stdout
+    assert r.returncode == 0
+
+
+def _settle(queue: Queue, outcomes: dict[str, tuple[str, str]]) -> None:
+    """Record each task's outcome (state, output or reason) through the real claim and settle scripts."""
+    queue.submit(list(outcomes))
+    assert queue.acquire_lease("w", "i", 60_000)
+    claimed = queue.claim("w", "i", len(outcomes), ClaimLimits(64, 64)).tasks
+    reports = [Report(c.line, c.token, *outcomes[c.line]) for c in claimed]
+    queue.settle("w", "i", reports, 0, ClaimLimits(8, 8), max_retry=0)
+
+
+def test_status_shows_finished_output_and_failure_reasons_on_one_line(tmp_path: Path, redis_url: str, prefix: str,
+                                                                      queue: Queue) -> None:  # fmt: skip
+    _settle(queue, {"shell:1:0:0:two": ("finished", "first line\n\n  second line\n"),
+                    "shell:1:0:0:long": ("finished", "x" * 500),
+                    "shell:1:0:0:ko": ("failed", "exit code 3\nboom")})  # fmt: skip
+    r = cli_in(tmp_path, "status", "--finished", "--failed", "--redis-url", redis_url, "--prefix", prefix)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert "  shell:1:0:0:two\tfirst line | second line" in out
+    assert f"  shell:1:0:0:long\t{'x' * 200}…" in out
+    assert "  shell:1:0:0:ko\texit code 3 | boom" in out
+    r = cli_in(tmp_path, "status", "--finished", "--json", "--redis-url", redis_url, "--prefix", prefix)
+    assert json.loads(r.stdout)["lists"]["finished"]["shell:1:0:0:long"] == "x" * 500  # JSON: the full text
+
+
+def test_manager_commands_print_one_json_object(tmp_path: Path, redis_url: str, prefix: str, queue: Queue) -> None:
+    _settle(queue, {"shell:1:0:0:ok": ("finished", "out"), "shell:1:0:0:ko": ("failed", "r")})
+
+    def js(*args: str) -> Any:
+        r = cli_in(tmp_path, *args, "--json", "--redis-url", redis_url, "--prefix", prefix)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    assert js("retry-failed") == {"requeued": 1}
+    assert js("purge-finished") == {"purged": 1}
+    assert js("stop-workers") == {"stop_requested": True}
+    assert queue.r.exists(queue.keys.stop_requested)
+    queue.heartbeat("w", "i", 60_000, {"time": 1.0})  # silent since 1970, holding the retried task
+    assert len(queue.claim("w", "i", 1, ClaimLimits(8, 8)).tasks) == 1
+    assert js("requeue-dead", "--older-than", "60") == {"dead": ["w"], "returned": 1}
+    assert queue.counts()["todo"] == 1
+    data = js("reset", "--yes")
+    assert data["prefix"] == prefix and data["deleted"] > 0
+    assert queue.counts()["known"] == 0
+
+
+def _reset_on_a_terminal(cwd: Path, redis_url: str, prefix: str, answer: str) -> tuple[int, str, str]:
+    """`distcomp reset` with its standard input on a pseudo-terminal, as a person at a shell."""
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(distcomp_argv("reset", "--redis-url", redis_url, "--prefix", prefix), stdin=slave,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)  # fmt: skip
+        os.write(master, answer.encode() + b"\n")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(slave)
+        os.close(master)
+    return proc.returncode, out, err
+
+
+def test_reset_asks_for_the_prefix_on_a_terminal(tmp_path: Path, redis_url: str, prefix: str, queue: Queue) -> None:
+    queue.submit(["builtin:1:0:0:noop keep"])
+    code, _, err = _reset_on_a_terminal(tmp_path, redis_url, prefix, "distcomp:")
+    assert code == 1 and "type the prefix to confirm" in err and "nothing deleted" in err
+    assert queue.counts()["todo"] == 1
+    r = cli_in(tmp_path, "reset", "--redis-url", redis_url, "--prefix", prefix, input="")  # no terminal
+    assert r.returncode == 2 and "--yes" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert queue.counts()["todo"] == 1
+    code, out, err = _reset_on_a_terminal(tmp_path, redis_url, prefix, prefix)
+    assert code == 0 and f"of queue {prefix!r}" in out, err
+    assert queue.counts()["known"] == 0
+
+
+def test_log_format_json_from_the_flag_and_the_environment(tmp_path: Path, start_worker: Callable[..., Any],
+                                                           redis_url: str, prefix: str) -> None:  # fmt: skip
+    w = start_worker("--log-format", "json")
+    assert w.stop() == 0
+    records = [json.loads(line) for line in w.log().splitlines() if line.strip()]
+    assert any(" started: " in rec["message"] for rec in records), records
+    assert all({"time", "level", "logger", "message"} <= set(rec) for rec in records)
+    cfg = tmp_path / "w.yml"
+    cfg.write_text("log_format: text\nlog_level: warning\n")
+    r = cli_in(tmp_path, "config", "check", str(cfg), env={"DISTCOMP_LOG_FORMAT": "JSON"})
+    assert r.returncode == 0 and json.loads(r.stdout)["log_format"] == "json"
+    r = cli_in(tmp_path, "config", "check", str(cfg), "--log-format", "text", env={"DISTCOMP_LOG_FORMAT": "json"})
+    assert json.loads(r.stdout)["log_format"] == "text" and json.loads(r.stdout)["log_level"] == "WARNING"
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> dict[str, argparse.ArgumentParser]:
+    """Every command's parser by its words ("worker", "config check"), nested ones included."""
+    found: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[" ".join((*path, name))] = sub
+                found.update(_commands(sub, (*path, name)))
+    return found
+
+
+def test_help_describes_the_tool_and_every_flag_with_its_default(tmp_path: Path) -> None:
+    from distcomp_obs.cli import build_parser
+
+    r = cli_in(tmp_path, "--help")
+    assert r.returncode == 0
+    description = r.stdout.split("\n\n")[1]
+    assert description.startswith("Run shell, python and builtin tasks") and "thin" not in r.stdout
+    assert "distcomp COMMAND --help" in r.stdout and "README.md" in r.stdout
+    commands = _commands(build_parser())
+    assert {"run", "submit", "worker", "status", "config check", "bench"} <= set(commands)
+    for name, parser in commands.items():
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+                continue
+            assert action.help, f"distcomp {name} {action.option_strings or action.dest}: no help text"
+            shows_default = action.default not in (None, False) and action.nargs != 0 and action.option_strings
+            if shows_default or getattr(action, "distcomp_setting", None):
+                helped = parser._get_formatter()._expand_help(action)  # what --help prints for this flag
+                assert "default" in helped, f"distcomp {name} {action.option_strings}: default not shown"
+        r = cli_in(tmp_path, *name.split(), "--help")
+        assert r.returncode == 0 and r.stdout.startswith(f"usage: distcomp {name} ") and not r.stderr
+    worker = commands["worker"].format_help()
+    assert "(default: 32)" in " ".join(worker.split())  # --prefetch: the Settings default, not argparse's None
+    assert "(default: this host's name)" in " ".join(worker.split())
+
+
+def test_a_usage_error_is_one_line_naming_the_command(tmp_path: Path) -> None:
+    for args, expected in [
+        (["worker", "--polling", "adaptiv"], "distcomp worker: argument --polling: invalid choice: 'adaptiv'"),
+        (["worker", "--prefech", "3"], "distcomp worker: unrecognized arguments: --prefech 3"),
+        (["config", "check"], "distcomp config check: the following arguments are required: FILE"),
+        (["submti"], "distcomp: argument COMMAND: invalid choice: 'submti'"),
+    ]:
+        r = cli_in(tmp_path, *args)
+        assert r.returncode == 2 and r.stderr.startswith(expected) and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+HEAVY = ("redis", "hiredis", "yaml", "prometheus_client", "opentelemetry", "psutil", "distcomp_obs.queue",
+         "distcomp_obs.worker", "distcomp_obs.exporter", "distcomp_obs.bench", "distcomp_obs.tracing",
+         "distcomp_obs.localrun", "distcomp_obs.config")  # fmt: skip
+
+
+def test_help_imports_no_heavy_module(tmp_path: Path) -> None:
+    """`distcomp --help` must start fast: the handlers import redis, yaml, the queue, ... (deterministic:
+    the modules Python imported, not a timing)."""
+    argv = [*distcomp_argv("--help")[:1], "-X", "importtime", *distcomp_argv("--help")[1:]]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0 and "usage: distcomp" in r.stdout
+    loaded = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "distcomp_obs.cli" in loaded
+    heavy = sorted(m for m in loaded if any(m == h or m.startswith(h + ".") for h in HEAVY))
+    assert heavy == [], f"distcomp --help imported {heavy}"
+    code = "import sys; from distcomp_obs.cli import build_parser; build_parser(); print(' '.join(sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    modules = set(r.stdout.split())
+    assert "distcomp_obs.cli.common" in modules
+    assert not [m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY)]
+
+
+def test_names_the_cli_keeps_to_stay_light_match_the_modules() -> None:
+    from distcomp_obs.bench.runner import DEFAULT_WORKLOADS, WORKLOADS
+    from distcomp_obs.bench.workers import DEFAULT_VARIANTS
+    from distcomp_obs.cli import bench
+    from distcomp_obs.cli.common import LOG_FORMATS
+    from distcomp_obs.exporter import DEFAULT_ADDR
+    from distcomp_obs.logs import LOG_FORMATS as FORMATS
+
+    assert list(bench.BENCH_WORKLOADS) == list(WORKLOADS)
+    assert list(bench.BENCH_DEFAULT_WORKLOADS) == list(DEFAULT_WORKLOADS)
+    assert list(bench.BENCH_VARIANTS) == list(DEFAULT_VARIANTS)
+    assert bench.EXPORTER_ADDR == DEFAULT_ADDR
+    assert tuple(LOG_FORMATS) == tuple(FORMATS)
+
+
+def test_readme_says_exactly_which_commands_take_which_common_flags() -> None:
+    import re
+
+    from distcomp_obs.cli import build_parser
+    from tests.conftest import REPO
+
+    text = " ".join((REPO / "README.md").read_text().split())
+    commands = _commands(build_parser())
+    flags = {name: {o for a in p._actions for o in a.option_strings} for name, p in commands.items()}
+
+    def named(pattern: str) -> set[str]:
+        match = re.search(pattern, text)
+        assert match, pattern
+        return set(re.findall(r"`([a-z][a-z -]*)`", match.group(1)))
+
+    queue_commands = named(r"The commands that work on a queue \((.*?)\) take `--redis-url`")
+    for name in queue_commands:
+        assert {"--redis-url", "--prefix", "--config"} <= flags[name], name
+    assert flags["config check"] >= {"--redis-url", "--prefix"} and "--config" not in flags["config check"]
+    assert "--redis-url" in flags["bench"] and not {"--prefix", "--config"} & flags["bench"]
+    assert queue_commands | {"config check", "bench", "config"} == set(commands)
+    for name in named(r"\)\. (`run`.*?) print one JSON object with `--json`"):
+        assert "--json" in flags[name], name
+    for name in named(r"The commands that log \((.*?)\) take `--log-level`"):
+        assert {"--log-level", "--log-format"} <= flags[name], name

@@ -6,15 +6,26 @@ import os
 import time
 from pathlib import Path
 
-from tests.conftest import run_cli
+from distcomp_obs.runstate import state_name
+from distcomp_obs.task import load_task_file
+from tests.conftest import REPO, run_cli
 
 
-def test_run_examples_finishes_all_but_the_failing_task(tmp_path: Path) -> None:
+def test_run_examples_every_task_finishes(tmp_path: Path) -> None:
     result = run_cli("run", "examples/tasks.txt", "--workers", "2", "--data-dir", str(tmp_path / "data"),
                      timeout=120)  # fmt: skip
     out = result.stdout
+    assert result.returncode == 0, out + result.stderr  # the quick start's main command succeeds
+    n = len(load_task_file(REPO / "examples" / "tasks.txt").tasks)
+    assert n >= 10 and f"summary: {n} finished, 0 failed, 0 waiting" in out
+    assert "FAILED" not in out and "audit OK" in out
+
+
+def test_run_failing_example_reports_the_failure_with_its_reason(tmp_path: Path) -> None:
+    result = run_cli("run", "examples/failing.txt", "--data-dir", str(tmp_path / "data"), timeout=120)
+    out = result.stdout
     assert result.returncode == 1, result.stderr  # one task fails on purpose
-    assert "10 finished, 1 failed, 0 waiting" in out
+    assert "1 finished, 1 failed, 0 waiting" in out
     assert 'FAILED shell:1:0:0:echo "disk full" >&2; exit 3' in out
     assert "disk full" in out and "exit code 3" in out
     assert "audit OK" in out
@@ -25,7 +36,7 @@ def test_run_interrupted_loses_nothing_and_resumes(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.conftest import REPO, wait_until
+    from tests.conftest import wait_until
 
     tasks = tmp_path / "slow.txt"
     tasks.write_text("".join(f"builtin:1:0:0:sleep 0.3 {i}\n" for i in range(40)))
@@ -34,9 +45,9 @@ def test_run_interrupted_loses_nothing_and_resumes(tmp_path: Path) -> None:
             "--concurrency", "1", "--prefetch", "2"]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # fmt: skip
-    wait_until(lambda: (Path(data) / "redis" / "redis.log").exists(), timeout=30)
+    wait_until(lambda: (Path(data) / state_name(tasks) / "redis" / "redis.log").exists(), timeout=30)
     time.sleep(2.0)  # let some tasks finish, others run or wait in buffers
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group: run drains its workers
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "audit OK" in out and "interrupted" in err
@@ -52,8 +63,9 @@ def test_run_workers_get_the_runs_settings_and_tasks_do_not_see_them(tmp_path: P
 
     data = tmp_path / "data"
     env_out, workers_out = tmp_path / "env.txt", tmp_path / "workers.json"
-    show_workers = f"{sys.executable} -m distcomp_obs workers --json --redis-url unix://{data}/redis/redis.sock"
     tasks = tmp_path / "t.txt"
+    socket = data / state_name(tasks) / "redis" / "redis.sock"
+    show_workers = f"{sys.executable} -m distcomp_obs workers --json --redis-url unix://{socket}"
     tasks.write_text(f"shell:1:0:0:env > {env_out}\nshell:1:0:0:{show_workers} > {workers_out}\n")
     result = run_cli("run", str(tasks), "--workers", "2", "--data-dir", str(data), "--baseline", "--concurrency", "1",
                      timeout=120)  # fmt: skip

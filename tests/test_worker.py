@@ -3,17 +3,25 @@ every flag combination. Nothing here asserts a speed; waits are bounded conditio
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
+import os
 import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from distcomp_obs.audit import audit
+from distcomp_obs.config import WORKER_SETTINGS_ENV, Settings
+from distcomp_obs.netutil import free_port
 from distcomp_obs.queue import Queue
-from tests.conftest import WorkerProc, run_cli, wait_until
+from distcomp_obs.redis_io import RedisServer, connect
+from tests.conftest import FAST, WorkerProc, distcomp_argv, run_cli, wait_until
 
 StartWorker = Callable[..., WorkerProc]
 
@@ -166,3 +174,109 @@ def test_urgent_submission_overtakes_a_full_buffer(queue: Queue, start_worker: S
     wait_until(lambda: drained(queue), timeout=60)
     order = out.read_text().split()
     assert order.index("urgent") <= 2, order  # started next (at most one more low task raced it)
+
+
+# ---------------------------------------------------------------- workers started in a fresh directory
+
+
+class Spawned:
+    """A worker process run in a directory of the test's own (not the repository), logging to a file."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = cwd / f"worker-{len(list(cwd.glob('worker-*.log')))}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd,
+                                     env={**os.environ, **(env or {})})  # fmt: skip
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Spawned]]:
+    procs: list[Spawned] = []
+
+    def start(argv: list[str], env: dict[str, str] | None = None) -> Spawned:
+        procs.append(Spawned(argv, tmp_path, env))
+        return procs[-1]
+
+    yield start
+    for p in procs:
+        p.close()
+
+
+def worker_argv(url: str, prefix: str, name: str, *flags: str) -> list[str]:
+    return distcomp_argv("worker", "--redis-url", url, "--prefix", prefix, "--name", name, *FAST, *flags)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_worker_waits_for_redis_and_stops_cleanly_on_a_signal(spawn: Callable[..., Spawned], prefix: str,
+                                                                 sig: signal.Signals) -> None:  # fmt: skip
+    port = free_port()
+    w = spawn(worker_argv(f"redis://alice:s3cr3t-pw@127.0.0.1:{port}/0", prefix, "patient"))
+    wait_until(lambda: "waiting for Redis" in w.log(), timeout=20, what="the waiting line")
+    assert w.proc.poll() is None  # still waiting, not exited
+    w.proc.send_signal(sig)
+    assert w.proc.wait(20) == 0
+    log = w.log()
+    assert f"waiting for Redis at redis://alice:***@127.0.0.1:{port}/0" in log
+    assert "s3cr3t-pw" not in log and "Traceback" not in log
+    assert "stopped while waiting for Redis" in log
+
+
+def test_a_worker_started_before_redis_runs_once_it_answers(spawn: Callable[..., Spawned], prefix: str,
+                                                            tmp_path: Path) -> None:  # fmt: skip
+    port = free_port()
+    w = spawn(worker_argv(f"redis://127.0.0.1:{port}", prefix, "early"))
+    wait_until(lambda: "waiting for Redis" in w.log(), timeout=20, what="the waiting line")
+    server = RedisServer(port=port, directory=str(tmp_path / "redis")).start()
+    try:
+        q = Queue(connect(server.url), prefix)
+        wait_until(lambda: "early" in q.workers(), timeout=30, what="registered once Redis answers")
+        q.submit(["builtin:1:0:0:noop after the wait"])
+        wait_until(lambda: q.counts()["finished"] == 1, timeout=30, what="the task ran")
+        w.proc.send_signal(signal.SIGTERM)
+        assert w.proc.wait(20) == 0
+        assert w.log().count("waiting for Redis") == 1  # logged once, not once per attempt
+        assert audit(q, ["builtin:1:0:0:noop after the wait"], expect_done=True).ok
+        q.r.close()
+    finally:
+        server.cleanup()
+
+
+def test_relative_python_script_path_resolves_against_the_workers_directory(
+    spawn: Callable[..., Spawned], queue: Queue, redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "cube.py").write_text("import os, sys\nprint(int(sys.argv[1]) ** 3, os.getcwd())\n")
+    tasks = tmp_path / "tasks.txt"
+    tasks.write_text("python:1:0:0:scripts/cube.py 3\n")
+    submitted = subprocess.run(distcomp_argv("submit", "tasks.txt", "--redis-url", redis_url, "--prefix", prefix),
+                               capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    w = spawn(worker_argv(redis_url, prefix, "here"))
+    wait_until(lambda: drained(queue, 1), timeout=30, what="the python task settled")
+    assert queue.list_state("finished") == {"python:1:0:0:scripts/cube.py 3": f"27 {tmp_path}\n"}
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.proc.wait(20) == 0
+
+
+def test_json_log_format_from_the_settings_of_distcomp_run(spawn: Callable[..., Spawned], queue: Queue,
+                                                            redis_url: str, prefix: str) -> None:  # fmt: skip
+    """`python -m distcomp_obs.worker` (a worker of `distcomp run`) logs one JSON object per line."""
+    settings = dataclasses.replace(Settings(), redis_url=redis_url, prefix=prefix, name="json-logs", concurrency=1,
+                                   log_format="json", heartbeat_interval_s=0.2, lease_s=1.0)  # fmt: skip
+    w = spawn([sys.executable, "-m", "distcomp_obs.worker"], env={WORKER_SETTINGS_ENV: settings.to_json()})
+    wait_until(lambda: " started: " in w.log(), timeout=30, what="the start line")
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.proc.wait(20) == 0
+    records = [json.loads(line) for line in w.log().splitlines()]
+    assert records and all(set(r) >= {"time", "level", "logger", "message"} for r in records)
+    assert any(r["message"].startswith("worker json-logs started: ") and r["level"] == "INFO" for r in records)
+    assert all(r["time"].endswith("+00:00") for r in records)

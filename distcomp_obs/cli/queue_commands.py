@@ -1,91 +1,168 @@
-"""The queue's own subcommands: submit, worker, status, workers, the manager commands, config check."""
+"""The queue's own subcommands: submit, worker, status, workers, the manager commands, config check.
+
+The queue, the audit and Redis are imported inside the handlers, so `distcomp --help` loads none of them.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from distcomp_obs.audit import audit
-from distcomp_obs.cli.common import _common, _worker_flags, open_queue, settings_from
-from distcomp_obs.queue import Queue, manager
-from distcomp_obs.redis_io import connect
-from distcomp_obs.task import read_task_file
+from distcomp_obs.cli.common import (
+    REDIS_URL_HELP,
+    _common,
+    _worker_flags,
+    open_queue,
+    print_json,
+    setting_flag,
+    settings_from,
+)
+from distcomp_obs.errors import ConfigError
 
 if TYPE_CHECKING:
     from distcomp_obs.cli.common import Subparsers
+    from distcomp_obs.queue import Queue
 
 STATES = ("todo", "in-progress", "finished", "failed")
+#: characters of a finished task's output or a failure's reason shown per task in text mode
+BRIEF_CHARS = 200
+JSON_HELP = "print one JSON object instead of text"
+
+
+def brief(text: str, limit: int = BRIEF_CHARS) -> str:
+    """A task's output or failure reason on one line: its non-blank lines joined by " | ", cut at `limit`."""
+    joined = " | ".join(line.strip() for line in text.splitlines() if line.strip())
+    return joined if len(joined) <= limit else joined[:limit] + "…"
 
 
 def add_parsers(sub: Subparsers) -> None:
-    p = sub.add_parser("submit", help="load a task file into the queue")
-    _common(p)
-    p.add_argument("file")
-    p.add_argument("--skip-invalid", action="store_true", help="exit 0 even if some lines are malformed")
+    _add_submit_worker(sub)
+    _add_status_workers(sub)
+    _add_manager(sub)
+    p = sub.add_parser("config", help="configuration tools", description="Configuration tools.")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    c = csub.add_parser(
+        "check",
+        help="validate a settings file and print the effective settings",
+        description="Validate a settings file and print the effective settings (file < DISTCOMP_* < flags) "
+        "as JSON, the password redacted. Exit 2 with the field named if a value is invalid.",
+    )
+    c.add_argument("file", metavar="FILE", help="YAML settings file (DistComp's conf.json accepted)")
+    setting_flag(c, "--redis-url", field="redis_url", metavar="URL", help=REDIS_URL_HELP)
+    setting_flag(c, "--prefix", field="prefix", help="key prefix of the queue")
+    _worker_flags(c)
+    setting_flag(c, "--name", field="name", help="worker name")
 
-    p = sub.add_parser("worker", help="claim and run tasks")
+
+def _add_submit_worker(sub: Subparsers) -> None:
+    text = "load a task file into the queue"
+    p = sub.add_parser(
+        "submit",
+        help=text,
+        description=f"{text[0].upper()}{text[1:]}: one task per line, "
+        "type:priority:min_dram_gb:min_cpu:params. A line already in the queue is not added again.",
+    )
+    _common(p)
+    p.add_argument("file", metavar="FILE", help="task file, one task line per line; - reads standard input")
+    p.add_argument("--skip-invalid", action="store_true", help="exit 0 even if some lines are malformed")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+    text = "claim and run tasks until stopped (SIGTERM or Ctrl-C drains, a second signal returns everything)"
+    p = sub.add_parser("worker", help="claim and run tasks", description=f"{text[0].upper()}{text[1:]}.")
     _common(p)
     _worker_flags(p)
-    p.add_argument("--name", help="worker name, unique among live workers (default: host name)")
+    setting_flag(p, "--name", field="name", help="worker name, unique among live workers")
 
-    p = sub.add_parser("status", help="tasks per state; lists; --check audits the records")
+
+def _add_status_workers(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "status",
+        help="tasks per state; lists; --check audits the records",
+        description="Tasks per state. --todo/--in-progress/--finished/--failed list them (a finished "
+        "task with the start of its output, a failed one with its reason); --check audits.",
+    )
     _common(p)
     for state in STATES:
-        p.add_argument(f"--{state}", action="store_true", help=f"list {state} tasks")
-    p.add_argument("--include", help="only list tasks containing this text")
-    p.add_argument("--exclude", help="do not list tasks containing this text")
-    p.add_argument("--json", action="store_true")
+        detail = {"in-progress": " and their worker", "finished": " and their output", "failed": " and the reasons"}
+        p.add_argument(f"--{state}", action="store_true", help=f"list {state} tasks{detail.get(state, '')}")
+    p.add_argument("--include", metavar="TEXT", help="only list tasks containing this text")
+    p.add_argument("--exclude", metavar="TEXT", help="do not list tasks containing this text")
+    p.add_argument("--json", action="store_true", help=f"{JSON_HELP} (lists with full output and reasons)")
     p.add_argument("--check", action="store_true", help="audit: nothing stranded or lost, one record per task")
     p.add_argument("--drained", action="store_true", help="with --check: also require nothing waiting or running")
 
-    p = sub.add_parser("workers", help="registered workers: heartbeat age, resources, counts, flags")
+    text = "registered workers: heartbeat age, resources, counts, flags"
+    p = sub.add_parser("workers", help=text, description=f"Registered workers, live and dead: {text.split(': ')[1]}.")
     _common(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
+
+def _add_manager(sub: Subparsers) -> None:
     for name, text in [
-        ("retry-failed", "put failed-for-good tasks back in the queue"),
-        ("purge-finished", "forget finished tasks"),
-        ("stop-workers", "ask every worker to finish what it runs and exit"),
+        ("retry-failed", "put failed-for-good tasks back in the queue, with a clean failure history"),
+        ("purge-finished", "forget finished tasks (their lines can be submitted again)"),
+        ("stop-workers", "ask every running worker to finish what it runs and exit"),
     ]:
-        _common(sub.add_parser(name, help=text))
+        p = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}.")
+        _common(p)
+        p.add_argument("--json", action="store_true", help=JSON_HELP)
 
-    p = sub.add_parser("requeue-dead", help="return the tasks of workers silent for --older-than seconds")
+    text = "return the tasks of workers silent for --older-than seconds"
+    p = sub.add_parser(
+        "requeue-dead",
+        help=text,
+        description=f"{text[0].upper()}{text[1:]} now (the reaper does it anyway once a worker's lease expires).",
+    )
     _common(p)
-    p.add_argument("--older-than", type=float, default=60.0)
+    p.add_argument("--older-than", type=float, default=60.0, metavar="SECONDS", help="silence that counts as dead")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
-    p = sub.add_parser("reset", help="delete this queue's keys (never FLUSHALL)")
+    text = "delete this queue's keys (never FLUSHALL)"
+    p = sub.add_parser(
+        "reset",
+        help=text,
+        description="Delete every key of this queue (its prefix) and nothing "
+        "else. On a terminal it asks you to type the prefix; otherwise it needs --yes.",
+    )
     _common(p)
-    p.add_argument("--yes", action="store_true", help="really delete")
-
-    p = sub.add_parser("config", help="configuration tools")
-    csub = p.add_subparsers(dest="config_command", required=True)
-    c = csub.add_parser("check", help="validate a settings file and print the effective settings")
-    c.add_argument("file")
-    _worker_flags(c)
+    p.add_argument("--yes", action="store_true", help="delete without asking")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
-    tasks, errors = read_task_file(args.file)
-    for err in errors:
-        print(err, file=sys.stderr)
-    q = Queue(connect(settings.redis_url), settings.prefix)
     from distcomp_obs import tracing
+    from distcomp_obs.queue import Queue
+    from distcomp_obs.redis_io import connect
+    from distcomp_obs.task import load_task_file
 
+    settings = settings_from(args)
+    loaded = load_task_file(args.file)  # a directory, binary or unreadable file: one line, exit 2
+    for line in loaded.error_lines():
+        print(line, file=sys.stderr)
+    q = Queue(connect(settings.redis_url), settings.prefix)
     tracing.setup("distcomp-submit")
-    lines = [t.line for t in tasks]
+    lines = [t.line for t in loaded.tasks]
     with tracing.send_span(q.keys.prefix, len(lines)) as context:
         added = q.submit(lines, trace=context)
-    print(
-        f"{args.file}: read {len(tasks) + len(errors)}, added {added}, skipped {len(tasks) - added} "
-        f"(already known), invalid {len(errors)}"
-    )
-    return 1 if errors and not args.skip_invalid else 0
+    name = "<stdin>" if args.file == "-" else args.file
+    counts = {
+        "read": len(lines) + loaded.duplicates + loaded.error_count,
+        "added": added,
+        "already_known": len(lines) - added,
+        "duplicates": loaded.duplicates,
+        "invalid": loaded.error_count,
+    }
+    if args.json:
+        print_json({"file": name, **counts, "errors": loaded.error_lines()})
+    else:
+        print(
+            f"{name}: read {counts['read']}, added {added}, skipped {counts['already_known']} (already known), "
+            f"duplicates {loaded.duplicates} (repeated lines), invalid {loaded.error_count}"
+        )
+    return 1 if loaded.error_count and not args.skip_invalid else 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -93,7 +170,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from distcomp_obs.worker import Worker
 
     settings = settings_from(args)
-    logging.getLogger().setLevel(settings.log_level)
     tracing.setup("distcomp-worker")
     return Worker(settings).run()
 
@@ -107,6 +183,8 @@ def _filter(tasks: dict[str, str], args: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from distcomp_obs.audit import audit
+
     q, _ = open_queue(args)
     counts = q.counts()
     out: dict[str, Any] = {
@@ -120,14 +198,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         out["lists"] = lists
         if report:
             out["audit"] = {"ok": report.ok, "problems": report.problems}
-        print(json.dumps(out, indent=2))
+        print_json(out)
     else:
         c = out["counts"]
         print(f"todo {c['todo']}  in progress {c['in_progress']}  finished {c['finished']}  failed {c['failed']}")
         for state, tasks in lists.items():
             print(f"\n{state} ({len(tasks)}):")
             for task, detail in sorted(tasks.items()):
-                print(f"  {task}" + (f"\t{detail[:200]}" if state in ("failed", "in-progress") else ""))
+                print(f"  {task}" + ("" if state == "todo" else f"\t{brief(detail)}"))
         if report:
             print(report.summary())
     return 0 if report is None or report.ok else 1
@@ -137,7 +215,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
     q, _ = open_queue(args)
     workers = q.workers()
     if args.json:
-        print(json.dumps(workers, indent=2))
+        print_json(workers)
         return 0
     if not workers:
         print("no registered workers")
@@ -159,29 +237,73 @@ def cmd_workers(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_simple(args: argparse.Namespace) -> int:
-    q, _ = open_queue(args)
+def _manage(args: argparse.Namespace, q: Queue) -> tuple[dict[str, Any], str]:
+    """Run one manager command: (its JSON object, its text line)."""
+    from distcomp_obs.queue import manager
+
     if args.command == "retry-failed":
-        print(f"requeued {manager.retry_failed(q)} failed task(s)")
-    elif args.command == "purge-finished":
-        print(f"purged {manager.purge_finished(q)} finished task(s)")
-    elif args.command == "stop-workers":
+        n = manager.retry_failed(q)
+        return {"requeued": n}, f"requeued {n} failed task(s)"
+    if args.command == "purge-finished":
+        n = manager.purge_finished(q)
+        return {"purged": n}, f"purged {n} finished task(s)"
+    if args.command == "stop-workers":
         manager.request_stop(q)
-        print("asked every running worker to stop after its running tasks (workers started later run normally)")
-    elif args.command == "requeue-dead":
-        dead, returned = manager.requeue_dead(q, args.older_than)
-        print(f"workers treated as dead: {', '.join(dead) or 'none'}; returned {returned} task(s)")
-    elif args.command == "reset":
-        if not args.yes:
-            print(f"this deletes every key of queue {q.keys.prefix!r}; run again with --yes", file=sys.stderr)
+        text = "asked every running worker to stop after its running tasks (workers started later run normally)"
+        return {"stop_requested": True}, text
+    dead, returned = manager.requeue_dead(q, args.older_than)
+    return {"dead": dead, "returned": returned}, f"workers treated as dead: {', '.join(dead) or 'none'}; " + (
+        f"returned {returned} task(s)"
+    )
+
+
+def cmd_manage(args: argparse.Namespace) -> int:
+    if args.command == "requeue-dead" and not args.older_than >= 0:
+        raise ConfigError("older-than", args.older_than, "seconds >= 0")
+    q, _ = open_queue(args)
+    data, text = _manage(args, q)
+    if args.json:
+        print_json(data)
+    else:
+        print(text)
+    return 0
+
+
+def _confirmed(prefix: str) -> bool:
+    """Ask on the terminal for the prefix to be typed (the question goes to stderr: stdout stays JSON)."""
+    print(
+        f"this deletes every key of queue {prefix!r}; type the prefix to confirm: ", end="", file=sys.stderr, flush=True
+    )
+    try:
+        answer = sys.stdin.readline()
+    except KeyboardInterrupt:
+        answer = ""
+    return answer.strip() == prefix
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    from distcomp_obs.queue import manager
+
+    q, _ = open_queue(args)
+    prefix = q.keys.prefix
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(f"distcomp reset: this deletes every key of queue {prefix!r}; run again with --yes", file=sys.stderr)
             return 2
-        print(f"deleted {manager.reset(q)} key(s) of queue {q.keys.prefix!r}")
+        if not _confirmed(prefix):
+            print(f"distcomp reset: not confirmed; nothing deleted from queue {prefix!r}", file=sys.stderr)
+            return 1
+    deleted = manager.reset(q)
+    if args.json:
+        print_json({"prefix": prefix, "deleted": deleted})
+    else:
+        print(f"deleted {deleted} key(s) of queue {prefix!r}")
     return 0
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     settings = settings_from(args, config_file=args.file)
-    print(json.dumps(settings.redacted(), indent=2))
+    print_json(settings.redacted())
     print(f"OK: variant {settings.variant_name}", file=sys.stderr)
     return 0
 
@@ -191,10 +313,10 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "worker": cmd_worker,
     "status": cmd_status,
     "workers": cmd_workers,
-    "retry-failed": cmd_simple,
-    "purge-finished": cmd_simple,
-    "stop-workers": cmd_simple,
-    "requeue-dead": cmd_simple,
-    "reset": cmd_simple,
+    "retry-failed": cmd_manage,
+    "purge-finished": cmd_manage,
+    "stop-workers": cmd_manage,
+    "requeue-dead": cmd_manage,
+    "reset": cmd_reset,
     "config": cmd_config_check,
 }

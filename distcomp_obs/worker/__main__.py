@@ -8,12 +8,12 @@ Redis password). Logging, tracing and exit statuses are those of `distcomp worke
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
 from distcomp_obs.config import WORKER_SETTINGS_ENV, settings_from_json
 from distcomp_obs.errors import DistcompError, run_command
+from distcomp_obs.logs import setup_logging
 
 
 def main() -> int:
@@ -26,7 +26,7 @@ def main() -> int:
     except DistcompError as exc:
         print(f"distcomp worker: {WORKER_SETTINGS_ENV}: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(settings.log_level, settings.log_format)
     from distcomp_obs import tracing
     from distcomp_obs.worker import Worker
 

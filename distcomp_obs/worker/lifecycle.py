@@ -6,15 +6,18 @@ Thread roles (Dramatiq's split, one class each):
 - Chores (the "heartbeat" thread): lease, status, reaper, memory watch; never waits on a task;
 - WakeListener (adaptive polling only): blocks on the wake-up channel.
 They share the pieces in parts.Parts, each of which guards its own state.
-Constructing a Worker touches no Redis: `run` connects.
+Constructing a Worker touches no Redis: `run` connects, waiting (with backoff) while Redis is away,
+and binds the metrics port before it registers, so a busy port leaves no registration behind.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -26,7 +29,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from distcomp_obs import __version__, tracing
 from distcomp_obs.config import Settings
-from distcomp_obs.errors import WorkerNameTaken
+from distcomp_obs.errors import RedisUnavailable, WorkerNameTaken
 from distcomp_obs.httpd import MetricsServer
 from distcomp_obs.metrics import WorkerMetrics
 from distcomp_obs.queue import Queue
@@ -67,6 +70,7 @@ class Worker:
         self.pool = SlotPool(settings, self.buffer, self.results, self.wake, self.m, self.memory,
                              os.cpu_count() or 1, self.stopping)  # fmt: skip
         self.metrics_server: MetricsServer | None = None
+        self.registered = False  # set once the name is taken: until then a signal has nothing to drain
 
     # --- lifecycle -----------------------------------------------------------------------------
     def run(self, install_signals: bool = True) -> int:
@@ -74,8 +78,12 @@ class Worker:
         if install_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+        client = wait_for_redis(self.s.redis_url, self.stopping, self.name)
+        if client is None:
+            log.info("worker %s: stopped while waiting for Redis", self.name)
+            return 0
         rt = RoundTrips(self.m)
-        q = Queue(connect(self.s.redis_url), self.s.prefix, rt)
+        q = Queue(client, self.s.prefix, rt)
         # None when tracing is off: the hot paths then pay one `is None` test per task.
         tracer = tracing.WorkerTracer(self.s.prefix) if tracing.enabled() else None
         if tracer is not None:
@@ -85,19 +93,27 @@ class Worker:
         fetcher = Fetcher(self.s, self.incarnation, parts)
         chores = Chores(self.s, self.incarnation, parts, fetcher.tally, self.request_stop)
         listener = WakeListener(q, self.wake, self.request_stop)
-        self._register(q, chores, fetcher)
-        guard = TaskGuard()  # before any task starts: tasks must not outlive a killed worker
+        # Bind /metrics before registering: a busy port must not leave a registration listed DEAD.
         chores.metrics_url = self._start_metrics()
-        self._log_start(chores.metrics_url)
-        self.pool.start(guard, fetcher.give_back, tracer)
-        chores.start()
-        if self.s.polling == "adaptive":
-            listener.start()
         try:
+            self._register(q, chores, fetcher)
+        except BaseException:
+            self._stop_metrics()
+            raise
+        self.registered = True
+        guard: TaskGuard | None = None
+        try:  # registered: whatever fails from here on, _shutdown gives the name up
+            guard = TaskGuard()  # before any task starts: tasks must not outlive a killed worker
+            self._log_start(chores.metrics_url)
+            self.pool.start(guard, fetcher.give_back, tracer)
+            chores.start()
+            if self.s.polling == "adaptive":
+                listener.start()
             fetcher.run()
         finally:
             self._shutdown(q, fetcher, chores, listener)
-            guard.close()
+            if guard is not None:
+                guard.close()
         return 0
 
     def request_stop(self) -> None:
@@ -107,7 +123,9 @@ class Worker:
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if self.stopping.is_set():
+        if not self.registered:
+            log.info("worker %s: %s: stopping before it started", self.name, name)
+        elif self.stopping.is_set():
             log.warning("worker %s: second %s: returning every task and exiting now", self.name, name)
             self.hard_stop.set()
         else:
@@ -125,15 +143,19 @@ class Worker:
                 f"worker name {self.name!r} is held by a live worker ({holder}); its lease expires in "
                 f"{max(ttl, 0) / 1000:.1f}s if it is dead. Use another --name, or stop that worker first."
             )
-        chores.epoch = q.ensure_epoch()
-        chores.heartbeat_once()
-        # A previous incarnation under this name may have died holding tasks: give them back.
-        previous = q.owned(self.name)
-        if previous:
-            n = q.requeue(self.name, [(t, "") for t in previous], op="return", max_reaps=self.s.max_reaps)
-            self.m.tasks_returned.labels("restart").inc(n)
-            log.warning("worker %s: returned %d task(s) held by its previous run", self.name, n)
-        _check_redis_config(q)
+        try:
+            chores.epoch = q.ensure_epoch()
+            chores.heartbeat_once()
+            # A previous incarnation under this name may have died holding tasks: give them back.
+            previous = q.owned(self.name)
+            if previous:
+                n = q.requeue(self.name, [(t, "") for t in previous], op="return", max_reaps=self.s.max_reaps)
+                self.m.tasks_returned.labels("restart").inc(n)
+                log.warning("worker %s: returned %d task(s) held by its previous run", self.name, n)
+            _check_redis_config(q)
+        except BaseException:
+            self._leave(q)  # no registration outlives a start that failed half way
+            raise
 
     def _start_metrics(self) -> str:
         """Set the static gauges; serve /metrics and /healthz. Returns the metrics URL ("" if off)."""
@@ -149,6 +171,17 @@ class Worker:
         if host in ("0.0.0.0", "::", ""):
             host = socket.getfqdn()
         return f"http://{host}:{self.metrics_server.port}/metrics"
+
+    def _stop_metrics(self) -> None:
+        if self.metrics_server:
+            self.metrics_server.stop()
+            self.metrics_server = None
+
+    def _leave(self, q: Queue) -> None:
+        try:
+            q.leave(self.name, self.incarnation)
+        except REDIS_DOWN:
+            log.error("worker %s: Redis unreachable at exit; the reaper will return anything still held", self.name)
 
     def _log_start(self, metrics_url: str) -> None:
         s = self.s
@@ -177,14 +210,45 @@ class Worker:
         fetcher.flush_reports(final=True)
         chores.stop()
         listener.stop()
-        try:
-            q.leave(self.name, self.incarnation)
-        except REDIS_DOWN:
-            log.error("worker %s: Redis unreachable at exit; the reaper will return anything still held", self.name)
-        if self.metrics_server:
-            self.metrics_server.stop()
+        self._leave(q)
+        self._stop_metrics()
         t = fetcher.tally
         log.info("worker %s stopped: %d finished, %d failed", self.name, t.finished, t.failed)
+
+
+#: waiting for Redis at start: first and longest pause between attempts (full jitter)
+WAIT_FIRST_S, WAIT_MAX_S = 0.1, 5.0
+
+
+def wait_for_redis(url: str, stopping: threading.Event, name: str) -> redis.Redis | None:
+    """A client once Redis answers PING; None if `stopping` is set first (SIGTERM/SIGINT while
+    waiting). An unreachable Redis is waited for with capped, jittered backoff and logged once;
+    refused credentials or an ACL error raise RedisUnavailable at once (waiting will not heal them)."""
+    client = connect(url, check=False)
+    delay, logged = WAIT_FIRST_S, False
+    while not stopping.is_set():
+        try:
+            client.ping()
+            if logged:
+                log.info("worker %s: Redis at %s answers", name, redact_url(url))
+            return client
+        except redis.AuthenticationError as exc:  # a ConnectionError subclass: test it first
+            client.close()
+            raise RedisUnavailable(f"Redis at {redact_url(url)} refused the credentials: {exc}") from None
+        except redis.ResponseError as exc:  # NOPERM and the like
+            client.close()
+            raise RedisUnavailable(f"Redis at {redact_url(url)} answered with an error: {exc}") from None
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            if isinstance(exc.__context__, ssl.SSLError):  # an untrusted certificate, TLS to a plain port...
+                client.close()
+                raise RedisUnavailable(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
+            if not logged:
+                log.warning("worker %s: waiting for Redis at %s (%s)", name, redact_url(url), exc)
+                logged = True
+        stopping.wait(random.uniform(delay / 2, delay))
+        delay = min(WAIT_MAX_S, delay * 2)
+    client.close()
+    return None
 
 
 def _check_redis_config(q: Queue) -> None:
