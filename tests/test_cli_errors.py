@@ -95,9 +95,9 @@ CASES: dict[str, tuple[Case, str, tuple[str, ...]]] = {
         lambda d, url, p: ["worker", "--redis-url", url, "--prefix", p, "--config", _config(d, "lease_s: soon\n")],
         "worker", ("lease_s",),
     ),
-    "config check on a directory": (lambda d, url, p: ["config", "check", str(d)], "config", ("Is a directory",)),
+    "config check on a directory": (lambda d, url, p: ["config", "check", str(d)], "config check", ("Is a directory",)),
     "config check on a binary file": (
-        lambda d, url, p: ["config", "check", _write(d / "c.yml", b"\xff\xfe\x00bad")], "config", ("c.yml",),
+        lambda d, url, p: ["config", "check", _write(d / "c.yml", b"\xff\xfe\x00bad")], "config check", ("c.yml",),
     ),
     "requeue-dead with a negative age": (
         lambda d, url, p: ["requeue-dead", "--redis-url", url, "--prefix", p, "--older-than", "-5"],

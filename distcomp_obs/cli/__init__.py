@@ -58,17 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    from distcomp_obs.config import warn_unknown_env
     from distcomp_obs.logs import setup_logging
 
     # Before Settings exist (the config file may change them again: cli.common.settings_from).
     setup_logging(*early_log_settings(args))
+    warn_unknown_env()  # every command, also those that load no Settings (bench); once per name
     return HANDLERS[args.command](args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    command = " ".join(filter(None, [args.command, getattr(args, "config_command", None)]))  # "config check"
     if extra:  # named by the command they were given to, not by `distcomp`
-        command = " ".join(filter(None, ["distcomp", args.command, getattr(args, "config_command", None)]))
-        parser.exit(2, f"{command}: unrecognized arguments: {' '.join(extra)} (see '{command} --help')\n")
-    return run_command(args.command, partial(_dispatch, args))
+        parser.exit(
+            2, f"distcomp {command}: unrecognized arguments: {' '.join(extra)} (see 'distcomp {command} --help')\n"
+        )
+    return run_command(command, partial(_dispatch, args))
