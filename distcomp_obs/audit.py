@@ -10,7 +10,7 @@ left waiting or running either.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from distcomp_obs.queue import Queue
@@ -50,6 +50,18 @@ def _fields(mapping: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
     return {_text(k): _text(v) for k, v in mapping.items()}
 
 
+def _check_class_index(
+    problem: Callable[[bool, str, Iterable[str]], None], todo: set[str], by_class: set[str], classes: set[str]
+) -> None:
+    """todo_by_class holds each waiting task once, under its resource class, and every class with
+    a waiting task is listed in todo_classes (which may also list emptied ones)."""
+    tasks = [m.split("|", 2)[2] for m in by_class]
+    problem(set(tasks) != todo or len(tasks) != len(todo), "claim-by-class index and todo index disagree",
+            set(tasks) ^ todo)  # fmt: skip
+    unlisted = {m.split("|", 1)[0] for m in by_class} - classes
+    problem(bool(unlisted), "resource classes with waiting tasks missing from todo_classes", unlisted)
+
+
 def audit(q: Queue, submitted: Iterable[str] | None = None, expect_done: bool = False) -> AuditReport:
     k, r = q.keys, q.r
     rep = AuditReport()
@@ -62,6 +74,8 @@ def audit(q: Queue, submitted: Iterable[str] | None = None, expect_done: bool = 
     reasons = _fields(r.hgetall(k.task_fail_reason))
     terminal = _fields(r.hgetall(k.terminal_count))
     known = _members(r.hkeys(k.task_meta))
+    by_class = _members(r.zrange(k.todo_by_class, 0, -1))
+    classes = _members(r.smembers(k.todo_classes))
     workers = q.workers()
     owned: dict[str, set[str]] = {name: _members(r.smembers(k.owned(name))) for name in workers}
     rep.counts = {
@@ -77,6 +91,7 @@ def audit(q: Queue, submitted: Iterable[str] | None = None, expect_done: bool = 
             rep.problems.append(f"{text}: {_sample(items)}")
 
     problem(todo_index != todo, "todo index and todo hash disagree", todo_index ^ todo)
+    _check_class_index(problem, todo_index, by_class, classes)
     problem(
         set(in_progress) != claims,
         "in-progress tasks without a claim (or claims without a task)",

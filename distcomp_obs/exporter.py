@@ -27,7 +27,7 @@ from distcomp_obs import __version__
 from distcomp_obs.config import normalise_prefix
 from distcomp_obs.httpd import MetricsServer
 from distcomp_obs.queue import Queue
-from distcomp_obs.records import Snapshot
+from distcomp_obs.records import Snapshot, unrunnable
 from distcomp_obs.redis_io import connect, redact_url
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,12 @@ def _queue_metrics(snaps: list[tuple[str, Snapshot]]) -> Iterator[Metric]:
         "distcomp_workers", "Registered workers: live (lease held) or stale (lease expired, not reaped).",
         labels=["queue", "state"],
     )  # fmt: skip
+    unrunnable_tasks = GaugeMetricFamily(
+        "distcomp_queue_tasks_unrunnable",
+        "Tasks waiting that no live worker can take: their min_dram_gb or min_cpu exceed every live worker's "
+        "(distcomp status --todo says which and why); 0 while no worker is live.",
+        labels=["queue"],
+    )
     heartbeats = GaugeMetricFamily(
         "distcomp_worker_last_heartbeat_timestamp_seconds",
         "Unix time of each registered worker's last heartbeat (kept until it is reaped or forgotten).",
@@ -173,6 +179,7 @@ def _queue_metrics(snaps: list[tuple[str, Snapshot]]) -> Iterator[Metric]:
             counters[name].add_metric([queue], snap.stats.get(field, 0))
         for state, age in snap.oldest_age_s.items():
             ages.add_metric([queue, state], age or 0.0)
+        unrunnable_tasks.add_metric([queue], sum(n for n, _ in unrunnable(snap.classes, snap.workers).values()))
         live = sum(1 for w in snap.workers.values() if w["live"])
         workers.add_metric([queue, "live"], live)
         workers.add_metric([queue, "stale"], len(snap.workers) - live)
@@ -182,6 +189,7 @@ def _queue_metrics(snaps: list[tuple[str, Snapshot]]) -> Iterator[Metric]:
     yield tasks
     yield from counters.values()
     yield ages
+    yield unrunnable_tasks
     yield workers
     yield heartbeats
 

@@ -50,6 +50,16 @@ class Keys:
         return self._k("todo_index")
 
     @property
+    def todo_by_class(self) -> str:  # ZSET, all scores 0: "dram:cpu|<17-digit claim score>|task", read by
+        # lexical range per resource class, so a claim looks only at classes that fit (no head-of-line block)
+        return self._k("todo_by_class")
+
+    @property
+    def todo_classes(self) -> str:  # SET of resource classes "dram:cpu" that may have tasks waiting (a
+        # superset: emptied classes are dropped lazily); ZLEXCOUNT on todo_by_class gives each count
+        return self._k("todo_classes")
+
+    @property
     def todo_age(self) -> str:  # ZSET task -> time it became claimable (ms): oldest-waiting age
         return self._k("todo_age")
 
@@ -80,6 +90,10 @@ class Keys:
     @property
     def reap_count(self) -> str:  # HASH task -> times its worker died holding it (poison detection)
         return self._k("reap_count")
+
+    @property
+    def started(self) -> str:  # HASH task -> claim token, once its worker reported the task started
+        return self._k("started")
 
     @property
     def terminal_count(self) -> str:  # HASH task -> terminal records written (audit: must be 1)
@@ -140,6 +154,8 @@ SCRIPT_KEYS: tuple[str, ...] = (
     "todo_index",
     "todo_tasks",
     "todo_age",
+    "todo_by_class",
+    "todo_classes",
     "in_progress_tasks",
     "in_progress_age",
     "claims",
@@ -151,6 +167,7 @@ SCRIPT_KEYS: tuple[str, ...] = (
     "attempts",
     "reap_count",
     "terminal_count",
+    "started",
     "events",
     "stats",
     "task_meta",

@@ -48,6 +48,17 @@ def claim_score(priority: int, seq: int) -> int:
     return (MAX_PRIORITY - priority) * 2**32 + seq
 
 
+def resource_class(line: str) -> str:
+    """A task line's resource class, "min_dram_gb:min_cpu" as written in the line."""
+    _, _, dram, cpu, _ = line.split(":", 4)
+    return f"{dram}:{cpu}"
+
+
+def by_class_member(line: str, priority: int, seq: int) -> str:
+    """A waiting task's member in todo_by_class (lua/lib.lua by_class_member makes the same)."""
+    return f"{resource_class(line)}|{claim_score(priority, seq):017d}|{line}"
+
+
 @dataclass(slots=True)
 class Claimed:
     """A task a claim handed to this worker, with what was stored when it was submitted."""
@@ -116,3 +127,27 @@ class Snapshot:
     oldest_age_s: dict[str, float | None]  # todo, in_progress; None when empty
     workers: dict[str, dict[str, Any]]  # registered workers: last status + "live" (lease alive)
     server_time_s: float
+    classes: dict[str, int] = field(default_factory=dict)  # waiting tasks per resource class "dram:cpu"
+
+
+def unrunnable(classes: dict[str, int], workers: dict[str, dict[str, Any]]) -> dict[str, tuple[int, str]]:
+    """Resource classes of waiting tasks that no live worker can take: class -> (tasks, why).
+    A live worker can take a class when its memory and cores (from its last heartbeat) cover it.
+    With no live worker at all nothing is listed: any worker that starts may take them."""
+    live = [w for w in workers.values() if w.get("live")]
+    if not live:
+        return {}
+    most_gb = max(float(w.get("mem_total_gb", 0.0)) for w in live)
+    most_cores = max(int(w.get("cores", 0)) for w in live)
+    out: dict[str, tuple[int, str]] = {}
+    for cls, count in classes.items():
+        dram_text, _, cpu_text = cls.partition(":")
+        dram, cpu = float(dram_text or 0), float(cpu_text or 0)
+        why = []
+        if dram > most_gb:
+            why.append(f"needs {dram:g} GB of memory (largest live worker: {most_gb:g} GB)")
+        if cpu > most_cores:
+            why.append(f"needs {cpu:g} cores (largest live worker: {most_cores})")
+        if why and count > 0:
+            out[cls] = (count, "; ".join(why))
+    return out

@@ -306,3 +306,23 @@ def test_several_queues_and_promtool(redis_url: str, prefix: str, queue: Queue, 
         assert res.returncode == 0, res.stdout + res.stderr
     finally:
         manager.reset(other)
+
+
+def test_unfit_tasks_at_the_head_neither_block_nor_hide(
+    redis_url: str, prefix: str, queue: Queue, start_worker, start_exporter
+) -> None:
+    """Issue 10's head-of-line case: 250 tasks no worker can take (100 TB each) queued ahead of 50
+    that fit. A worker runs the 50; `status --todo` and the exporter say what waits and why."""
+    unfit = [f"shell:9:100000:0:echo big {i}" for i in range(250)]
+    fit = [f"builtin:1:0:0:noop small {i}" for i in range(50)]
+    queue.submit(unfit + fit)
+    start_worker()
+    wait_until(lambda: queue.counts()["finished"] == 50, 30, what="the 50 that fit finished")
+    assert queue.counts()["todo"] == 250
+    out = run_cli("status", "--todo", "--redis-url", redis_url, "--prefix", prefix)
+    assert out.returncode == 0, out.stderr
+    assert "250 waiting task(s) no live worker can take" in out.stdout
+    assert out.stdout.count("cannot run on any live worker: needs 100000 GB of memory") == 250
+    assert status_json(redis_url, prefix)["unrunnable"]["100000:0"]["tasks"] == 250
+    exporter = start_exporter()
+    assert value(exporter.scrape(), "distcomp_queue_tasks_unrunnable", queue=queue_label(prefix)) == 250

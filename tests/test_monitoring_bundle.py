@@ -83,6 +83,7 @@ PLAIN = {
     "distcomp_queue_tasks_finished_total",
     "distcomp_queue_tasks_failed_total",
     "distcomp_queue_oldest_task_age_seconds",
+    "distcomp_queue_tasks_unrunnable",
     "distcomp_workers",
     "distcomp_worker_last_heartbeat_timestamp_seconds",
     "distcomp_exporter_collect_duration_seconds",

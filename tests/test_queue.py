@@ -169,6 +169,72 @@ def test_a_task_that_keeps_killing_its_worker_fails_for_good(queue: Queue) -> No
     assert audit(queue, ["shell:1:0:0:poison"], expect_done=True).ok
 
 
+def _register_with_slots(q: Queue, name: str, slots: int) -> str:
+    incarnation = f"{name}.inc"
+    assert q.acquire_lease(name, incarnation, 60_000)
+    q.heartbeat(name, incarnation, 60_000, {"time": 0, "concurrency": slots})
+    return incarnation
+
+
+def test_a_death_counts_only_toward_tasks_that_may_have_been_running(queue: Queue) -> None:
+    """A dead worker held 10 tasks: 2 reported started; with 3 slots one more (the first in claim
+    order of the unreported ones) may have started since. Only those 3 count a death."""
+    inc = _register_with_slots(queue, "w", 3)
+    tasks = [f"shell:1:0:0:t{i}" for i in range(10)]
+    queue.submit(tasks)
+    held = queue.claim("w", inc, 10, ROOMY).tasks
+    started = [(c.line, c.token) for c in held if c.line in ("shell:1:0:0:t4", "shell:1:0:0:t7")]
+    queue.settle("w", inc, [], 0, ROOMY, 2, started)
+    queue.r.delete(queue.keys.lease("w"))
+    assert queue.reap(max_reaps=3) == (10, 0)
+    assert queue.r.hgetall(queue.keys.reap_count) == {"shell:1:0:0:t4": "1", "shell:1:0:0:t7": "1",
+                                                      "shell:1:0:0:t0": "1"}  # fmt: skip
+    assert queue.r.hlen(queue.keys.started) == 0  # released with the claims
+    assert audit(queue, tasks).ok
+
+
+def test_a_stale_start_mark_does_not_count(queue: Queue) -> None:
+    """A start reported under a token that is no longer the task's claim marks nothing."""
+    inc = _register_with_slots(queue, "w", 1)
+    queue.submit(["shell:1:0:0:a", "shell:1:0:0:b"])
+    [a, b] = queue.claim("w", inc, 2, ROOMY).tasks
+    queue.settle("w", inc, [], 0, ROOMY, 2, [(a.line, "someone-else:1"), (b.line, b.token)])
+    assert queue.r.hgetall(queue.keys.started) == {b.line: b.token}
+
+
+def test_buffered_tasks_of_killed_workers_never_fail_as_poison(queue: Queue) -> None:
+    """Deep buffers, six deaths in a row: each death counts only the task its one slot was
+    running; the 49 others, buffered by every victim, are returned each time and never counted."""
+    tasks = [f"shell:1:0:0:t{i:02}" for i in range(50)]
+    queue.submit(tasks)
+    running = []
+    for i in range(6):
+        name = f"victim{i}"
+        inc = _register_with_slots(queue, name, 1)
+        held = queue.claim(name, inc, 50, ROOMY).tasks
+        assert len(held) == 50
+        queue.settle(name, inc, [], 0, ROOMY, 2, [(held[i].line, held[i].token)])  # its slot runs one
+        running.append(held[i].line)
+        queue.r.delete(queue.keys.lease(name))
+        assert queue.reap(max_reaps=3) == (50, 0)
+    assert queue.r.hgetall(queue.keys.reap_count) == dict.fromkeys(running, "1")
+    assert queue.list_state("failed") == {}
+    assert audit(queue, tasks).ok
+
+
+def test_unfit_tasks_at_the_head_do_not_block_the_rest(queue: Queue) -> None:
+    """250 tasks no worker here can take (1 TB each) ahead of 50 that fit: a claim finds the 50 at
+    any depth, in claim order, and the unfit ones stay waiting, counted under their class.
+    (DistComp's one-command protocol, `--baseline`, keeps its window scan: the A/B's reference.)"""
+    register(queue, "w")
+    unfit = [f"shell:9:1000:0:big {i}" for i in range(250)]
+    fit = [f"shell:1:0:0:small {i}" for i in range(50)]
+    queue.submit(unfit + fit)
+    assert [t for t, _ in claim(queue, "w", 50, True)] == fit
+    assert queue.waiting_classes() == {"1000:0": 250}
+    assert audit(queue, unfit + fit).ok
+
+
 def test_unpipelined_claim_abandoned_midway_is_recovered_by_the_reaper(queue: Queue) -> None:
     """DistComp's own claim loses a task if the worker dies between HDEL and HSET; ours writes
     the owned set first, so any prefix of the steps leaves something the reaper can return."""

@@ -184,6 +184,7 @@ def _filter(tasks: dict[str, str], args: argparse.Namespace) -> dict[str, str]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from distcomp_obs.audit import audit
+    from distcomp_obs.records import unrunnable
 
     q, _ = open_queue(args)
     counts = q.counts()
@@ -194,21 +195,35 @@ def cmd_status(args: argparse.Namespace) -> int:
     }
     lists = {s: _filter(q.list_state(s.replace("-", "_")), args) for s in STATES if getattr(args, s.replace("-", "_"))}
     report = audit(q, expect_done=args.drained) if args.check else None
+    cannot = unrunnable(q.waiting_classes(), q.workers()) if counts["todo"] else {}
     if args.json:
         out["lists"] = lists
+        out["unrunnable"] = {cls: {"tasks": n, "why": why} for cls, (n, why) in cannot.items()}
         if report:
             out["audit"] = {"ok": report.ok, "problems": report.problems}
         print_json(out)
     else:
-        c = out["counts"]
-        print(f"todo {c['todo']}  in progress {c['in_progress']}  finished {c['finished']}  failed {c['failed']}")
-        for state, tasks in lists.items():
-            print(f"\n{state} ({len(tasks)}):")
-            for task, detail in sorted(tasks.items()):
-                print(f"  {task}" + ("" if state == "todo" else f"\t{brief(detail)}"))
+        _print_status(out["counts"], lists, cannot)
         if report:
             print(report.summary())
     return 0 if report is None or report.ok else 1
+
+
+def _print_status(c: dict[str, int], lists: dict[str, dict[str, str]], cannot: dict[str, tuple[int, str]]) -> None:
+    from distcomp_obs.records import resource_class
+
+    print(f"todo {c['todo']}  in progress {c['in_progress']}  finished {c['finished']}  failed {c['failed']}")
+    if cannot:
+        n = sum(count for count, _ in cannot.values())
+        print(f"{n} waiting task(s) no live worker can take (listed with their reason by --todo)")
+    for state, tasks in lists.items():
+        print(f"\n{state} ({len(tasks)}):")
+        for task, detail in sorted(tasks.items()):
+            if state == "todo":
+                why = cannot.get(resource_class(task))
+                print(f"  {task}" + (f"\tcannot run on any live worker: {why[1]}" if why else ""))
+            else:
+                print(f"  {task}\t{brief(detail)}")
 
 
 def cmd_workers(args: argparse.Namespace) -> int:

@@ -29,6 +29,43 @@ local function score_of(task)
   return score(task_fields(task), seq)
 end
 
+-- The claim-by-class index (todo_by_class): every waiting task also sits in one sorted set of
+-- equal scores as "dram:cpu|<17-digit score>|task", so a claim reads the head of each resource
+-- class that fits with a lexical range and never scans tasks it cannot take; todo_classes counts
+-- the classes that may have tasks waiting (a superset, cleaned lazily; ZLEXCOUNT counts a class).
+local function class_of(task)
+  local _, _, dram, cpu = string.find(task, '^[^:]*:[^:]*:([^:]*):([^:]*):')
+  return (dram or '0') .. ':' .. (cpu or '0')
+end
+
+local function by_class_member(task, score_text)
+  return class_of(task) .. '|' .. string.rep('0', 17 - #score_text) .. score_text .. '|' .. task
+end
+
+local function class_range(class)
+  return '[' .. class .. '|', '(' .. class .. '|~'
+end
+
+-- Make a task claimable: both indexes (idempotent, in any state a crash may have left).
+local function todo_add(task, score_text)
+  redis.call('ZADD', K.todo_index, score_text, task)
+  redis.call('SADD', K.todo_classes, class_of(task))
+  redis.call('ZADD', K.todo_by_class, 0, by_class_member(task, score_text))
+end
+
+-- Drop a class from the list once none of its tasks waits.
+local function forget_if_empty(class)
+  local lo, hi = class_range(class)
+  if redis.call('ZLEXCOUNT', K.todo_by_class, lo, hi) == 0 then redis.call('SREM', K.todo_classes, class) end
+end
+
+-- Take a task out of both indexes (idempotent).
+local function todo_remove(task)
+  redis.call('ZREM', K.todo_index, task)
+  redis.call('ZREM', K.todo_by_class, by_class_member(task, score_of(task)))
+  forget_if_empty(class_of(task))
+end
+
 -- Record a terminal transition exactly once (the audit counts terminal_count == 1; a task with
 -- a terminal_count entry is settled, which the unpipelined protocol relies on after a crash).
 local function terminal(task, token, kind, now)
@@ -41,6 +78,7 @@ local function release(task, owned_key)
   redis.call('HDEL', K.in_progress_tasks, task)
   redis.call('ZREM', K.in_progress_age, task)
   redis.call('HDEL', K.claims, task)
+  redis.call('HDEL', K.started, task)
   redis.call('SREM', owned_key, task)
 end
 
@@ -61,15 +99,15 @@ local function requeue(task, owned_key, now)
   -- leave the task in two states (found by the crash-point test in tests/test_faults.py).
   redis.call('HDEL', K.finished_tasks, task)
   redis.call('HDEL', K.failed_final, task)
-  redis.call('ZADD', K.todo_index, score_of(task), task)
   redis.call('HSET', K.todo_tasks, task, now)
   redis.call('ZADD', K.todo_age, now, task)
+  todo_add(task, score_of(task))  -- claimable last
   return 1
 end
 
 local function fail_for_good(task, token, reason, owned_key, now)
   release(task, owned_key)
-  redis.call('ZREM', K.todo_index, task)
+  todo_remove(task)
   redis.call('HDEL', K.todo_tasks, task)
   redis.call('ZREM', K.todo_age, task)
   redis.call('HSET', K.failed_final, task, reason)
@@ -80,7 +118,8 @@ end
 
 -- A task whose worker died holding it (reaper, or the restart of a worker under the same
 -- name): count the death; at max_reaps it is poison and fails for good. Returns returned, failed.
-local function reap_one(task, owned_key, max_reaps, now)
+local function reap_one(task, owned_key, max_reaps, now, counted)
+  if not counted then return requeue(task, owned_key, now), 0 end
   local reaps = redis.call('HINCRBY', K.reap_count, task, 1)
   if reaps >= max_reaps and not is_settled(task) then
     fail_for_good(task, 'reaper', 'worker died while running it ' .. reaps .. ' times', owned_key, now)
@@ -98,33 +137,109 @@ local function call_many(cmd, key, items)
   end
 end
 
--- Candidates for a claim: the head of the priority index, read in chunks a little larger than
--- what is wanted (never more than `window`), with where each already failed (one HMGET per
--- chunk, none while no task has failed anywhere).
+-- Candidates for a claim: the head of every resource class that fits this worker (a lexical
+-- range each, in chunks a little larger than what is wanted, at most `window` deep), merged in
+-- claim order; where each already failed comes from one HMGET per chunk (none while no task has
+-- failed anywhere). Classes that do not fit cost nothing, however many tasks they hold.
+local function class_heads(class, n, window, marker, any_failed)
+  local out, offset = {}, 0
+  local prefix = class .. '|'
+  local lo, hi = class_range(class)
+  while #out < n and offset < window do
+    local chunk = math.min(window - offset, n - #out + 16)
+    local members = redis.call('ZRANGEBYLEX', K.todo_by_class, lo, hi, 'LIMIT', offset, chunk)
+    if #members == 0 then
+      if offset == 0 then redis.call('SREM', K.todo_classes, class) end  -- emptied meanwhile
+      break
+    end
+    local tasks = {}
+    for i, m in ipairs(members) do tasks[i] = string.sub(m, #prefix + 19) end
+    local failed = any_failed and redis.call('HMGET', K.failed_tasks, unpack(tasks)) or {}
+    for i, m in ipairs(members) do
+      local f = failed[i]
+      if not f or not string.find(f, marker, 1, true) then out[#out + 1] = {m, tasks[i]} end
+    end
+    offset = offset + #members
+  end
+  return out
+end
+
 local function pick(worker, n, free_dram, cpus, window)
-  local picked, drams = {}, 0
   local marker = ',' .. worker .. ','
   local any_failed = redis.call('HLEN', K.failed_tasks) > 0
-  local start = 0
-  while #picked < n and start < window do
-    local stop = math.min(window, start + n - #picked + 16) - 1
-    local candidates = redis.call('ZRANGE', K.todo_index, start, stop)
-    if #candidates == 0 then break end
-    local failed = any_failed and redis.call('HMGET', K.failed_tasks, unpack(candidates)) or {}
-    for i, task in ipairs(candidates) do
-      local _, dram, cpu = task_fields(task)
-      if dram <= free_dram - drams and cpu <= cpus then
-        local f = failed[i]
-        if not f or not string.find(f, marker, 1, true) then
-          picked[#picked + 1] = task
-          drams = drams + dram
-          if #picked >= n then break end
-        end
+  local candidates, sources = {}, 0
+  for _, class in ipairs(redis.call('SMEMBERS', K.todo_classes)) do
+    local _, _, dram, cpu = string.find(class, '^([^:]*):(.*)$')
+    dram = tonumber(dram) or 0
+    if dram <= free_dram and (tonumber(cpu) or 0) <= cpus then
+      local heads = class_heads(class, n, window, marker, any_failed)
+      if #heads > 0 then sources = sources + 1 end
+      for _, c in ipairs(heads) do
+        -- {member, task, class, dram, "score|task" (the claim order)}
+        candidates[#candidates + 1] = {c[1], c[2], class, dram, string.sub(c[1], #class + 2)}
       end
     end
-    start = stop + 1
   end
-  return picked
+  if sources > 1 then  -- one class's heads come in claim order already
+    table.sort(candidates, function(a, b) return a[5] < b[5] end)
+  end
+  local picked, members, per_class, drams = {}, {}, {}, 0
+  for _, c in ipairs(candidates) do
+    if #picked >= n then break end
+    if c[4] <= free_dram - drams then
+      picked[#picked + 1] = c[2]
+      members[#members + 1] = c[1]
+      per_class[c[3]] = true
+      drams = drams + c[4]
+    end
+  end
+  return picked, members, per_class
+end
+
+-- Mark tasks started, from (task, token) pairs a worker reports with its next settle: only
+-- those still held under that token (one HMGET, one HSET for the batch).
+local function mark_started(pairs_)
+  if #pairs_ == 0 then return end
+  local tasks = {}
+  for i = 1, #pairs_, 2 do tasks[#tasks + 1] = pairs_[i] end
+  local current = redis.call('HMGET', K.claims, unpack(tasks))
+  local marks = {}
+  for i, task in ipairs(tasks) do
+    if current[i] == pairs_[2 * i] then
+      marks[#marks + 1] = task
+      marks[#marks + 1] = current[i]
+    end
+  end
+  if #marks > 0 then call_many('HSET', K.started, marks) end
+end
+
+-- Which of the tasks a dead worker held may have been running, so that its death counts toward
+-- poison (max_reaps): those it reported started, plus, in claim order, as many unreported ones as
+-- its other slots could have started since its last report (a task that kills its worker at once
+-- never gets reported). Buffered tasks that never started are not counted.
+local function maybe_running(tasks, worker)
+  local counted = {}
+  if #tasks == 0 then return counted end
+  local raw = redis.call('HGET', K.worker_status, worker)
+  local slots = raw and tonumber(cjson.decode(raw).concurrency) or 1
+  local claims = redis.call('HMGET', K.claims, unpack(tasks))
+  local marks = redis.call('HMGET', K.started, unpack(tasks))
+  local unmarked = {}
+  for i, task in ipairs(tasks) do
+    if marks[i] and marks[i] == claims[i] then
+      counted[task] = true
+      slots = slots - 1
+    else
+      unmarked[#unmarked + 1] = task
+    end
+  end
+  if slots > 0 and #unmarked > 0 then
+    local order = {}
+    for i, task in ipairs(unmarked) do order[i] = {tonumber(score_of(task)), task} end
+    table.sort(order, function(a, b) return a[1] < b[1] end)
+    for i = 1, math.min(slots, #order) do counted[order[i][2]] = true end
+  end
+  return counted
 end
 
 -- Claim up to n tasks for this worker: highest priority first, FIFO within a priority,
@@ -132,7 +247,7 @@ end
 -- Cost O(log N + window) and about ten calls whatever n: the window bounds the scan.
 local function claim(worker, incarnation, n, free_dram, cpus, window, now)
   if n <= 0 then return {} end
-  local picked = pick(worker, n, free_dram, cpus, window)
+  local picked, members, per_class = pick(worker, n, free_dram, cpus, window)
   if #picked == 0 then return {} end
   local base = redis.call('HINCRBY', K.stats, 'claimed', #picked) - #picked
   local holders, ages, tokens = {}, {}, {}
@@ -145,6 +260,8 @@ local function claim(worker, incarnation, n, free_dram, cpus, window, now)
     tokens[#tokens + 1] = incarnation .. ':' .. (base + i)
   end
   call_many('ZREM', K.todo_index, picked)
+  call_many('ZREM', K.todo_by_class, members)
+  for class in pairs(per_class) do forget_if_empty(class) end
   call_many('HDEL', K.todo_tasks, picked)
   call_many('ZREM', K.todo_age, picked)
   call_many('HSET', K.in_progress_tasks, holders)
@@ -181,6 +298,7 @@ local function finish_many(items, now)
   call_many('HDEL', K.in_progress_tasks, tasks)
   call_many('ZREM', K.in_progress_age, tasks)
   call_many('HDEL', K.claims, tasks)
+  call_many('HDEL', K.started, tasks)
   call_many('SREM', K.owned, tasks)
   call_many('HSET', K.finished_tasks, outputs)
   call_many('HSET', K.settled, tokens)

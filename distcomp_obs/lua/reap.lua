@@ -1,6 +1,7 @@
 -- reap.lua: return the tasks of workers whose lease expired (leaderless, under a lock).
 -- KEYS: keys.SCRIPT_KEYS, then pairs worker_lease:{w}, owned:{w} from KEYS[FIRST_EXTRA_KEY].
--- ARGV[1] lock token  ARGV[2] lock ms  ARGV[3] max tasks this call  ARGV[4] max reaps per task
+-- ARGV[1] lock token  ARGV[2] lock ms  ARGV[3] max tasks this call (whole workers: one may exceed it)
+-- ARGV[4] max reaps per task (deaths count only for tasks that may have been running: maybe_running)
 -- ARGV[5] forget after ms: a dead worker holding nothing and unseen this long is deregistered
 -- (until then it stays listed, so `distcomp workers`, /sd and the down alerts still show it).
 -- ARGV[6..] the worker names matching the key pairs.
@@ -15,15 +16,26 @@ for i = 0, #ARGV - 6 do
   local lease_key, owned_key = KEYS[FIRST_EXTRA_KEY + 2 * i], KEYS[FIRST_EXTRA_KEY + 1 + 2 * i]
   local name = ARGV[6 + i]
   if redis.call('EXISTS', lease_key) == 0 then
-    for _, task in ipairs(redis.call('SRANDMEMBER', owned_key, budget)) do
-      if redis.call('HGET', K.in_progress_tasks, task) == name or not redis.call('HGET', K.claims, task) then
-        local r, f = reap_one(task, owned_key, max_reaps, now)
-        returned, failed = returned + r, failed + f
-      else
-        redis.call('SREM', owned_key, task)
+    -- The whole set of one dead worker at once: which of its tasks count a death depends on all.
+    local members = redis.call('SMEMBERS', owned_key)
+    local held = {}
+    if #members > 0 then
+      local holders = redis.call('HMGET', K.in_progress_tasks, unpack(members))
+      local claims = redis.call('HMGET', K.claims, unpack(members))
+      for j, task in ipairs(members) do
+        if holders[j] == name or not claims[j] then
+          held[#held + 1] = task
+        else
+          redis.call('SREM', owned_key, task)  -- held again under a newer claim elsewhere
+        end
       end
-      budget = budget - 1
     end
+    local counted = maybe_running(held, name)
+    for _, task in ipairs(held) do
+      local r, f = reap_one(task, owned_key, max_reaps, now, counted[task])
+      returned, failed = returned + r, failed + f
+    end
+    budget = budget - #members
     if redis.call('SCARD', owned_key) == 0 then
       local raw = redis.call('HGET', K.worker_status, name)
       local seen = raw and cjson.decode(raw).seen_ms or 0

@@ -9,6 +9,7 @@ local now = now_ms()
 local worker = ARGV[1]
 local max_reaps = tonumber(ARGV[2])
 local n = 0
+local mine_tasks = {}
 for i = 3, #ARGV, 2 do
   local task, token = ARGV[i], ARGV[i + 1]
   local current = redis.call('HGET', K.claims, task)
@@ -18,12 +19,19 @@ for i = 3, #ARGV, 2 do
   else
     mine = current == token
   end
-  if mine and max_reaps > 0 then
-    n = n + reap_one(task, K.owned, max_reaps, now)
-  elseif mine then
-    n = n + requeue(task, K.owned, now)
+  if mine then
+    mine_tasks[#mine_tasks + 1] = task
   else
     disown(task, worker)
+  end
+end
+-- A restart: the previous incarnation died holding these; count deaths as the reaper does.
+local counted = max_reaps > 0 and maybe_running(mine_tasks, worker) or {}
+for _, task in ipairs(mine_tasks) do
+  if max_reaps > 0 then
+    n = n + reap_one(task, K.owned, max_reaps, now, counted[task])
+  else
+    n = n + requeue(task, K.owned, now)
   end
 end
 if n > 0 then

@@ -3,7 +3,8 @@
 -- KEYS: keys.SCRIPT_KEYS.
 -- ARGV[1] worker  ARGV[2] incarnation  ARGV[3] claim n (0 = report only)  ARGV[4] free_dram_gb
 -- ARGV[5] cpus  ARGV[6] window  ARGV[7] max_retry  ARGV[8] number of reports r,
--- then r groups of 4: task, token, outcome (finished|failed), payload (stdout or reason).
+-- then r groups of 4: task, token, outcome (finished|failed), payload (stdout or reason),
+-- then s (tasks started since the last settle) and s pairs: task, token (see maybe_running).
 -- Returns {lease_ok (1/-1), remaining, {code per report}, task1, token1, meta1, ...}
 -- with a CODE per report (report_one in lib.lua).
 local now = now_ms()
@@ -13,6 +14,9 @@ local codes = {}
 local retried = false
 -- One HMGET tells which reports still hold their claim: those that finished are recorded
 -- together (finish_many); failures, stale and repeated reports go through report_one, after.
+local started = {}
+for i = 10 + r * 4, 9 + r * 4 + 2 * (tonumber(ARGV[9 + r * 4]) or 0) do started[#started + 1] = ARGV[i] end
+mark_started(started)
 local tasks = {}
 for i = 0, r - 1 do tasks[i + 1] = ARGV[9 + i * 4] end
 local current = r > 0 and redis.call('HMGET', K.claims, unpack(tasks)) or {}

@@ -24,7 +24,8 @@ for i, task in ipairs(lines) do
 end
 if #new == 0 then return 0 end
 local seq = redis.call('INCRBY', K.seq, #new) - #new
-local metas, index, since, ages = {}, {}, {}, {}
+local metas, index, by_class, since, ages = {}, {}, {}, {}, {}
+local classes = {}
 local top = -1
 for _, task in ipairs(new) do
   seq = seq + 1
@@ -37,8 +38,12 @@ for _, task in ipairs(new) do
   local prio = task_fields(task)
   metas[#metas + 1] = task
   metas[#metas + 1] = meta
-  index[#index + 1] = score(prio, seq)
+  local score_text = score(prio, seq)
+  index[#index + 1] = score_text
   index[#index + 1] = task
+  by_class[#by_class + 1] = 0
+  by_class[#by_class + 1] = by_class_member(task, score_text)
+  classes[class_of(task)] = true
   since[#since + 1] = task
   since[#since + 1] = now
   ages[#ages + 1] = now
@@ -46,9 +51,13 @@ for _, task in ipairs(new) do
   if prio > top then top = prio end
 end
 call_many('HSET', K.task_meta, metas)
-call_many('ZADD', K.todo_index, index)
 call_many('HSET', K.todo_tasks, since)
 call_many('ZADD', K.todo_age, ages)
+call_many('ZADD', K.todo_index, index)
+local class_list = {}
+for class in pairs(classes) do class_list[#class_list + 1] = class end
+call_many('SADD', K.todo_classes, class_list)
+call_many('ZADD', K.todo_by_class, by_class)  -- claimable last
 redis.call('HINCRBY', K.stats, 'submitted', #new)
 redis.call('PUBLISH', K.wake_channel, 'submit ' .. top)
 return #new

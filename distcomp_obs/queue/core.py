@@ -112,12 +112,18 @@ class Queue:
         claim_n: int,
         limits: ClaimLimits,
         max_retry: int,
+        started: Sequence[tuple[str, str]] = (),
     ) -> ClaimResult:
-        """Record reports and claim up to claim_n more, atomically, in one round trip."""
+        """Record reports, mark `started` (task, token) pairs as running (a death of this worker
+        then counts toward their poison limit) and claim up to claim_n more, atomically, in one
+        round trip."""
         args: list[Any] = [worker, incarnation, claim_n, limits.free_dram_gb, limits.cpus, limits.window]
         args += [max_retry, len(reports)]
         for rep in reports:
             args += [rep.task, rep.token, rep.outcome, rep.payload]
+        args.append(len(started))
+        for task, token in started:
+            args += [task, token]
         op = "claim" if claim_n and not reports else "report"
         return self._run(op, "settle", worker, args, _settle_result)
 
@@ -189,7 +195,10 @@ class Queue:
         pipe.zrange(k.todo_age, 0, 0, withscores=True)
         pipe.zrange(k.in_progress_age, 0, 0, withscores=True)
         pipe.smembers(k.workers)
-        todo, running, finished, failed, stats, (sec, usec), oldest_todo, oldest_running, names = pipe.execute()
+        pipe.smembers(k.todo_classes)
+        todo, running, finished, failed, stats, (sec, usec), oldest_todo, oldest_running, names, classes = (
+            pipe.execute()
+        )
         now_s = sec + usec / 1e6
         return Snapshot(
             counts={"todo": int(todo), "in_progress": int(running), "finished": int(finished), "failed": int(failed)},
@@ -200,6 +209,7 @@ class Queue:
             },
             workers=self._statuses(sorted(names), held=False),
             server_time_s=now_s,
+            classes=self._class_counts(_texts(classes)),
         )
 
     def _statuses(self, names: list[str], held: bool) -> dict[str, dict[str, Any]]:
@@ -232,6 +242,19 @@ class Queue:
             "failed": self.keys.failed_final,
         }[state]
         return {_text(task): _text(detail) for task, detail in self.r.hscan_iter(key, count=1000)}
+
+    def waiting_classes(self) -> dict[str, int]:
+        """Waiting tasks per resource class ("min_dram_gb:min_cpu"), classes with none left out."""
+        return self._class_counts(_texts(self.r.smembers(self.keys.todo_classes)))
+
+    def _class_counts(self, classes: list[str]) -> dict[str, int]:
+        if not classes:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for cls in classes:
+            pipe.zlexcount(self.keys.todo_by_class, f"[{cls}|", f"({cls}|~")
+        counts = {cls: int(n) for cls, n in zip(classes, pipe.execute(), strict=True)}
+        return {cls: n for cls, n in counts.items() if n > 0}
 
     def todo_in_order(self, limit: int | None = None) -> list[str]:
         tasks: Any = self.r.zrange(self.keys.todo_index, 0, -1 if limit is None else limit - 1)

@@ -13,7 +13,17 @@ import time
 from typing import Any
 
 from distcomp_obs.queue.core import Queue
-from distcomp_obs.records import EVENTS_MAXLEN, Claimed, ClaimLimits, ClaimResult, Report, ReportCode, claim_score
+from distcomp_obs.records import (
+    EVENTS_MAXLEN,
+    Claimed,
+    ClaimLimits,
+    ClaimResult,
+    Report,
+    ReportCode,
+    by_class_member,
+    claim_score,
+    resource_class,
+)
 from distcomp_obs.task import parse_line
 
 
@@ -41,13 +51,16 @@ class OneCommandProtocol:
             if f",{worker}," in failed_on:
                 continue
             self._one("claim", r.sadd, k.owned(worker), task)
-            if not self._one("claim", r.zrem, k.todo_index, task):  # another worker won it
+            meta = self._one("claim", r.hget, k.task_meta, task) or "{}"
+            member = by_class_member(task, t.priority, int(json.loads(meta).get("seq", 0)))
+            if not self._one("claim", r.zrem, k.todo_by_class, member):  # another worker won it
                 self._one("claim", r.srem, k.owned(worker), task)
                 continue
-            return ClaimResult(True, *self._take(worker, incarnation, task))
+            self._one("claim", r.zrem, k.todo_index, task)  # its class, if emptied, is dropped lazily
+            return ClaimResult(True, *self._take(worker, incarnation, task, meta))
         return ClaimResult(True, len(candidates))
 
-    def _take(self, worker: str, incarnation: str, task: str) -> tuple[int, list[Claimed]]:
+    def _take(self, worker: str, incarnation: str, task: str, meta: str) -> tuple[int, list[Claimed]]:
         """The rest of a won claim: move the task's records to in progress, issue its token."""
         k, r = self.k, self.r
         now_ms = int(time.time() * 1000)
@@ -57,7 +70,6 @@ class OneCommandProtocol:
         self._one("claim", r.zadd, k.in_progress_age, {task: now_ms})
         token = f"{incarnation}:{self._one('claim', r.hincrby, k.stats, 'claimed', 1)}"
         self._one("claim", r.hset, k.claims, task, token)
-        meta = self._one("claim", r.hget, k.task_meta, task) or "{}"
         remaining = int(self._one("claim", r.zcard, k.todo_index))
         return remaining, [Claimed.from_reply(task, token, meta)]
 
@@ -98,13 +110,15 @@ class OneCommandProtocol:
         self._one("report", r.hdel, k.in_progress_tasks, task)
         self._one("report", r.zrem, k.in_progress_age, task)
         meta = json.loads(self._one("report", r.hget, k.task_meta, task) or "{}")
-        score = claim_score(parse_line(task).priority, int(meta.get("seq", 0)))
+        priority, seq = parse_line(task).priority, int(meta.get("seq", 0))
         now_ms = int(time.time() * 1000)
-        # The ZADD to the index makes it claimable, so it comes last: a claim racing in between
+        # The ZADD to todo_by_class makes it claimable, so it comes last: a claim racing in between
         # deleted todo_tasks before we wrote it (test_clock_skew, --no-pipeline).
         self._one("report", r.hset, k.todo_tasks, task, now_ms)
         self._one("report", r.zadd, k.todo_age, {task: now_ms})
-        self._one("report", r.zadd, k.todo_index, {task: score})
+        self._one("report", r.zadd, k.todo_index, {task: claim_score(priority, seq)})
+        self._one("report", r.sadd, k.todo_classes, resource_class(task))
+        self._one("report", r.zadd, k.todo_by_class, {by_class_member(task, priority, seq): 0})
         self._one("report", r.hincrby, k.stats, "retried", 1)
         self._one("report", r.srem, k.owned(worker), task)
         self._one("report", r.publish, k.wake_channel, "submit 0")
