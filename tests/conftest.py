@@ -142,6 +142,18 @@ class WorkerProc:
         self._log.close()
 
 
+def warm_up(queue: Queue, n: int = 20) -> list[str]:
+    """Run `n` no-op tasks on the worker(s) already started. A worker buffers what its slots finish
+    during one claim round trip (issue 10; one per slot before any task finished): once it has
+    seen tasks take µs its buffer target is `--prefetch`, so a test of the buffer itself can fill
+    it with long tasks. Returns the warm-up lines (they are submitted tasks too)."""
+    warm = [f"builtin:1:0:0:noop warm-up {i}" for i in range(n)]
+    before = queue.counts()["finished"]
+    queue.submit(warm)
+    wait_until(lambda: queue.counts()["finished"] >= before + n, timeout=20, what="warm-up tasks run")
+    return warm
+
+
 #: fast timings for tests: sub-second leases, quick heartbeats and reaps
 FAST = ["--heartbeat-interval", "0.2", "--lease", "1", "--reap-interval", "0.3", "--grace-period", "5"]
 

@@ -27,7 +27,7 @@ from distcomp_obs.queue.distcomp import OneCommandProtocol
 from distcomp_obs.queue.scripts import source as script_source
 from distcomp_obs.records import ClaimLimits, Report
 from distcomp_obs.redis_io import RedisServer, connect
-from tests.conftest import WorkerProc, free_port, require, wait_until
+from tests.conftest import WorkerProc, free_port, require, wait_until, warm_up
 from tests.fault_tools import (
     FaultProxy,
     assert_audit,
@@ -91,8 +91,9 @@ def test_kill9_with_full_prefetch_buffer(queue: Queue, start_worker: StartWorker
     ones ran exactly once."""
     log = tmp_path / "exec.log"
     tasks = [logged_task(0, log, first_run_s=30, priority=9)] + [logged_task(i, log) for i in range(1, 9)]
-    queue.submit(tasks)
     w1 = start_worker("--concurrency", "1", "--prefetch", "8")
+    warm_up(queue)  # a buffer of --prefetch, not one sized by a 30 s task
+    queue.submit(tasks)
     wait_until(lambda: len(held_by(queue, "w1")) == 9 and executions(log)["0"] == 1, 20, what="buffer full")
     assert running_count(log) == 1  # only the slot's task started
     w1.kill9()
@@ -204,8 +205,9 @@ def test_sigterm_returns_buffer_in_one_round_trip_and_drains(
     gate = tmp_path / "gate"
     slow = [logged_task(i, log, priority=9, extra=f"; while [ ! -e {gate} ]; do sleep 0.05; done") for i in range(2)]
     quick = [logged_task(i, log) for i in range(2, 10)]
-    queue.submit(slow + quick)
     w1 = start_worker("--concurrency", "2", "--prefetch", "8")
+    warm = warm_up(queue)  # a buffer of --prefetch, not one sized by tasks still running
+    queue.submit(slow + quick)
     wait_until(lambda: len(held_by(queue, "w1")) == 10 and running_count(log) == 2, 20, what="2 running, 8 held")
     returns_before = metric(scrape(queue, "w1"), "distcomp_redis_roundtrip_seconds_count", op="return")
     w1.signal(signal.SIGTERM)
@@ -215,7 +217,7 @@ def test_sigterm_returns_buffer_in_one_round_trip_and_drains(
     assert returns - returns_before == 1
     gate.touch()
     assert w1.wait(15) == 0
-    assert set(queue.list_state("finished")) == set(slow)
+    assert set(queue.list_state("finished")) == set(slow + warm)
     start_worker("--concurrency", "2")
     wait_done(queue, 10)
     assert executions(log) == {str(i): 1 for i in range(10)}
@@ -437,8 +439,9 @@ def test_zombie_same_name_worker_is_fenced(queue: Queue, start_worker: StartWork
     disturb the records of the new w1 that holds the same tasks under the same name."""
     log = tmp_path / "exec.log"
     tasks = [logged_task(i, log, first_run_s=2) for i in range(2)] + [logged_task(i, log) for i in range(2, 6)]
-    queue.submit(tasks)
     old = start_worker("--concurrency", "2", "--prefetch", "4", name="w1")
+    warm_up(queue)  # a buffer of --prefetch, not one sized by 2 s tasks
+    queue.submit(tasks)
     wait_until(lambda: running_count(log) == 2 and len(held_by(queue, "w1")) == 6, 20, what="old w1 holds 6")
     old.signal(signal.SIGSTOP)
     try:

@@ -21,7 +21,7 @@ from distcomp_obs.config import WORKER_SETTINGS_ENV, Settings
 from distcomp_obs.netutil import free_port
 from distcomp_obs.queue import Queue
 from distcomp_obs.redis_io import RedisServer, connect
-from tests.conftest import FAST, WorkerProc, distcomp_argv, run_cli, wait_until
+from tests.conftest import FAST, WorkerProc, distcomp_argv, run_cli, wait_until, warm_up
 
 StartWorker = Callable[..., WorkerProc]
 
@@ -93,13 +93,14 @@ def test_task_needing_more_memory_than_free_is_never_claimed(queue: Queue, start
 
 def test_sigterm_returns_buffered_tasks_at_once_and_drains_running(queue: Queue, start_worker: StartWorker) -> None:
     tasks = [f"builtin:1:0:0:sleep 0.5 {i}" for i in range(20)]
-    queue.submit(tasks)
     worker = start_worker("--concurrency", "2", "--prefetch", "10", "--grace-period", "10")
+    warm = warm_up(queue)  # a buffer of --prefetch, not one sized by 0.5 s tasks
+    queue.submit(tasks)
     wait_until(lambda: queue.counts()["in_progress"] >= 10, timeout=20, what="buffer filled")
     worker.signal(signal.SIGTERM)
     assert worker.wait(20) == 0
     c = queue.counts()
-    assert c["in_progress"] == 0 and c["finished"] + c["todo"] == 20
+    assert c["in_progress"] == 0 and c["finished"] + c["todo"] == 20 + len(warm)
     assert queue.stats().get("returned", 0) >= 8  # the unstarted buffer went back
     assert "returning buffered tasks" in worker.log()
     assert audit(queue, tasks).ok
@@ -167,8 +168,9 @@ def test_memory_floor_kills_and_returns_the_newest_task(queue: Queue, start_work
 def test_urgent_submission_overtakes_a_full_buffer(queue: Queue, start_worker: StartWorker, tmp_path: Path) -> None:
     out = tmp_path / "order"
     low = [f"shell:1:0:0:sleep 0.2; echo low-{i} >> {out}" for i in range(12)]
-    queue.submit(low)
     start_worker("--concurrency", "1", "--prefetch", "8")
+    warm_up(queue)  # a buffer of --prefetch, not one sized by 0.2 s tasks
+    queue.submit(low)
     wait_until(lambda: queue.counts()["todo"] <= 3, timeout=20, what="buffer full of low-priority tasks")
     queue.submit([f"shell:9:0:0:echo urgent >> {out}"])
     wait_until(lambda: drained(queue), timeout=60)
@@ -280,3 +282,30 @@ def test_json_log_format_from_the_settings_of_distcomp_run(spawn: Callable[..., 
     assert records and all(set(r) >= {"time", "level", "logger", "message"} for r in records)
     assert any(r["message"].startswith("worker json-logs started: ") and r["level"] == "INFO" for r in records)
     assert all(r["time"].endswith("+00:00") for r in records)
+
+
+def test_a_worker_started_later_gets_a_fair_share_of_long_tasks(queue: Queue, start_worker: StartWorker) -> None:
+    """Issue 10: with the default prefetch the first worker must not hoard long tasks. 24 tasks
+    of 0.5 s, two workers of 2 slots, the second started once the first has finished a round (so
+    it knows how long the tasks take): the first then holds no more than its slots and what they
+    start within one claim round trip, so the second runs a fair share. With a buffer filled to
+    `--prefetch` whatever the tasks' length the first held all 24 and the second ran none.
+    No timing is asserted: counts of tasks held and run."""
+    tasks = [f"builtin:1:0:0:sleep 0.5 fair {i}" for i in range(24)]
+    queue.submit(tasks)
+    start_worker("--concurrency", "2", name="a")
+    wait_until(lambda: queue.counts()["finished"] >= 2, timeout=30, what="a finished its first round")
+    start_worker("--concurrency", "2", name="b")
+    wait_until(lambda: "b" in queue.workers(), timeout=30, what="b registered")
+    most_held_by_a = 0
+    deadline = time.monotonic() + 60
+    while not drained(queue, len(tasks)):
+        assert time.monotonic() < deadline, f"not drained in 60 s: {queue.counts()}"
+        most_held_by_a = max(most_held_by_a, queue.workers()["a"]["held"])
+        time.sleep(0.02)
+    # its 2 running tasks, plus 2 results in flight or, before any finished, a buffer of one per slot
+    assert most_held_by_a <= 2 * 2, most_held_by_a
+    finished = lambda: {n: int(queue.workers()[n].get("finished", 0)) for n in ("a", "b")}  # noqa: E731
+    wait_until(lambda: sum(finished().values()) == len(tasks), timeout=10, what="heartbeats with the tallies")
+    assert finished()["b"] >= 8, finished()  # hoarding left it none
+    assert audit(queue, tasks, expect_done=True).ok

@@ -3,6 +3,8 @@ results hand-off, the slot pool running real tasks, and the Lua preamble matchin
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import random
 import re
 import threading
@@ -20,6 +22,7 @@ from distcomp_obs.task import MAX_PRIORITY, Task, TaskType, parse_line
 from distcomp_obs.worker import policy
 from distcomp_obs.worker.buffer import Held, PrefetchBuffer, make_held
 from distcomp_obs.worker.execute import Outcome
+from distcomp_obs.worker.pace import ALPHA, Ewma, Pace
 from distcomp_obs.worker.results import Result, Results
 from distcomp_obs.worker.slots import Memory, SlotPool
 from distcomp_obs.worker.wake import WakeSignal
@@ -208,3 +211,89 @@ def test_codes_and_score_are_shared_with_the_scripts() -> None:
     assert f"MAX_PRIORITY = {MAX_PRIORITY}" in text
     task = parse_line("shell:7:0:0:x")
     assert claim_score(task.priority, 3) == (MAX_PRIORITY - 7) * 2**32 + 3
+
+
+# --- pace: task durations and claim round trips size the buffer (issue 10) -----------------------
+def test_ewma_starts_at_the_first_observation_and_follows_a_change() -> None:
+    pace = Pace()
+    assert pace.mean_task_s is None and pace.claim_rtt_s == 0.0  # nothing seen yet
+    pace.task_done(2.0)
+    assert pace.mean_task_s == 2.0  # the first observation, not a blend with zero
+    for _ in range(40):
+        pace.task_done(0.001)
+    assert pace.mean_task_s is not None and pace.mean_task_s < 0.002  # short tasks now
+    pace.task_done(2.0)
+    assert pace.mean_task_s is not None and 0.3 < pace.mean_task_s < 0.5  # one long task weighs ALPHA
+    pace.claimed(0.004)
+    pace.claimed(0.002)
+    assert pace.claim_rtt_s == pytest.approx(0.004 + ALPHA * (0.002 - 0.004))
+    pace.task_done(-1.0)  # a clock step never makes the mean negative
+    assert pace.mean_task_s is not None and pace.mean_task_s >= 0.0
+    with pytest.raises(ValueError):
+        Ewma(0.0)
+
+
+def test_buffer_target_is_what_the_slots_finish_during_one_claim_round_trip() -> None:
+    target = policy.buffer_target
+    assert target(4, 32, 0.001, None) == 4  # cold start: one per slot
+    assert target(64, 32, 0.001, None) == 32  # ... capped by prefetch
+    assert target(4, 0, 0.001, 0.00001) == 0  # --prefetch 0: no buffer, whatever the tasks
+    assert target(4, 32, 0.001, 0.00002) == 32  # no-op tasks: prefetch, as before
+    assert target(4, 32, 0.001, 0.0) == 32  # a zero duration divides nothing
+    rtt, margin = 0.005, policy.CLAIM_MARGIN_S
+    assert target(8, 32, rtt, 0.01) == round(8 * (rtt + margin) / 0.01) == 20  # between 0 and prefetch
+    per_round_trip = 2 * (rtt + margin)  # slot-seconds of work the slots finish during one claim
+    assert target(2, 32, rtt, per_round_trip / 0.6) == 1  # a slot likely frees within a round trip: buffer one
+    assert target(2, 32, rtt, per_round_trip / 0.4) == 0  # unlikely: claim as slots free, hold nothing
+    assert target(2, 32, rtt, 0.5) == 0  # issue 10's 0.5 s tasks: nothing queued another worker could start
+    assert target(16, 32, rtt, 60.0) == 0
+    assert target(4, 32, 10.0, 0.5) == 32  # a very slow link: the cap
+
+
+def test_long_tasks_with_a_zero_target_claim_like_prefetch_0() -> None:
+    long = dict(concurrency=2, prefetch=32, target=0)
+    for busy, buffered, submitted in itertools.product(range(3), range(2), (False, True)):
+        o = occupancy(**long, busy=busy, buffered=buffered, submitted=submitted)
+        assert policy.capacity_wanted(o) == policy.capacity_wanted(dataclasses.replace(o, prefetch=0))
+
+
+def test_long_tasks_claim_only_free_slots_plus_the_target() -> None:
+    long = dict(concurrency=2, prefetch=32, target=1)
+    assert policy.capacity_wanted(occupancy(**long)) == 3  # idle: 2 slots + 1 buffered, not 34
+    assert policy.capacity_wanted(occupancy(**long, busy=2, buffered=1)) == 0  # full: the low-water mark is 0
+    assert policy.capacity_wanted(occupancy(**long, busy=2, buffered=0)) == 1  # refill to the target only
+    assert policy.capacity_wanted(occupancy(**long, busy=1, buffered=0)) == 2  # a slot freed: it + the target
+    assert policy.capacity_wanted(occupancy(**long, busy=2, buffered=1, submitted=True)) == 0  # a submit: no hoard
+    for busy, buffered in itertools.product(range(3), range(4)):
+        o = occupancy(**long, busy=busy, buffered=buffered, submitted=True)
+        assert policy.capacity_wanted(o) <= max(0, 2 - busy) + 1
+
+
+def test_target_sets_the_low_water_mark_and_prefetch_caps_it() -> None:
+    assert policy.capacity_wanted(occupancy(busy=4, buffered=7, target=12)) == 0  # above 12 // 2
+    assert policy.capacity_wanted(occupancy(busy=4, buffered=6, target=12)) == 6  # at the mark: back to 12
+    assert policy.capacity_wanted(occupancy(prefetch=8, target=100)) == 4 + 8  # never past prefetch
+    assert policy.capacity_wanted(occupancy(prefetch=0, target=5)) == 4  # --prefetch 0: free slots only
+    assert policy.capacity_wanted(occupancy(target=None)) == 36  # no target: prefetch, as before
+    # a buffered task that does not fit yet (memory, cores) must not keep the other free slots idle
+    assert policy.capacity_wanted(occupancy(concurrency=2, busy=0, buffered=1, target=1)) == 2
+
+
+def test_urgent_submission_still_overtakes_a_small_full_buffer() -> None:
+    full = dict(busy=4, buffered=1, target=1, submitted=True, lowest_buffered_priority=1)
+    assert policy.capacity_wanted(occupancy(**full, urgent_priority=9)) == 1  # claimed past the buffer
+    assert policy.capacity_wanted(occupancy(**full, urgent_priority=1)) == 0
+    big = dict(busy=4, buffered=20, target=20, submitted=True, lowest_buffered_priority=1)
+    assert policy.capacity_wanted(occupancy(**big, urgent_priority=9)) == 5  # target // 4
+
+
+def test_results_feed_each_collected_duration_to_the_hook() -> None:
+    results, pace = Results(), Pace()
+    results.on_collect = pace.task_done
+    for i, d in enumerate((0.5, 0.7)):
+        results.put(Result(held(f"shell:1:0:0:{i}", i), Outcome(True, ""), d, time.monotonic()))
+    assert pace.mean_task_s is None  # put by a slot: not seen until the fetch loop collects
+    results.collect()
+    assert pace.task_duration.count == 2 and pace.mean_task_s == pytest.approx(0.5 + ALPHA * 0.2)
+    results.collect()
+    assert pace.task_duration.count == 2  # each result is seen once

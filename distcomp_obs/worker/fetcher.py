@@ -17,6 +17,7 @@ from distcomp_obs.queue.distcomp import OneCommandProtocol
 from distcomp_obs.records import NO_CLAIM, Claimed, ClaimLimits, ClaimResult, ReportCode
 from distcomp_obs.worker import policy
 from distcomp_obs.worker.buffer import Held, make_held
+from distcomp_obs.worker.pace import Pace
 from distcomp_obs.worker.parts import REDIS_DOWN, Parts, Tally
 from distcomp_obs.worker.polling import Wait
 from distcomp_obs.worker.results import Result
@@ -35,6 +36,9 @@ class Fetcher:
         self.one_command = OneCommandProtocol(parts.q)
         self.tally = Tally()
         self.rng = random.Random()
+        # task durations (fed as results are collected) and claim round trips: this thread's alone
+        self.pace = Pace()
+        parts.results.on_collect = self.pace.task_duration.observe  # per task: one call, not two
         # labelled children bound once: labels() costs more than the observation on the hot path
         self._completed = {(t, o): self.m.tasks_completed.labels(t, o) for t in TASK_TYPES for o in OUTCOMES}
         self._duration = {(t, o): self.m.task_duration_seconds.labels(t, o) for t in TASK_TYPES for o in OUTCOMES}
@@ -75,22 +79,30 @@ class Fetcher:
 
     def _capacity_wanted(self) -> int:
         seen = self.p.wake.announced()
+        s, pace = self.s, self.pace
         return policy.capacity_wanted(
             policy.Occupancy(
-                self.s.concurrency,
-                self.s.prefetch,
+                s.concurrency,
+                s.prefetch,
                 self.p.pool.busy(),
                 len(self.p.buffer),
                 seen.submitted,
                 seen.urgent_priority,
                 self.p.buffer.lowest_priority() if seen.submitted else None,
+                policy.buffer_target(s.concurrency, s.prefetch, pace.claim_rtt_s, pace.mean_task_s),
             )
         )
 
     def _reports_due(self) -> bool:
+        """Results to record, or (pipelined) starts to mark, old enough to be sent now."""
         r = self.p.results
         stopping = self.p.stopping.is_set()
-        return policy.reports_due(len(r.unsent), r.oldest_age_s(), self.s.pipeline, stopping, self.s.concurrency)
+        if policy.reports_due(len(r.unsent), r.oldest_age_s(), self.s.pipeline, stopping, self.s.concurrency):
+            return True
+        if not self.s.pipeline:
+            return False  # DistComp's protocol has no start marks: the reaper then counts by slots
+        starts, age = self.p.pool.starts_to_report()
+        return policy.reports_due(len(starts), age, True, stopping, self.s.concurrency)
 
     def _limits(self) -> ClaimLimits:
         reserved = self.p.buffer.reserved_gb()
@@ -101,7 +113,7 @@ class Fetcher:
         return policy.next_wait(
             state,
             results_waiting=self.p.results.waiting(),
-            unsent=len(self.p.results.unsent),
+            unsent=len(self.p.results.unsent) + (len(self.p.pool.starts_to_report()[0]) if self.s.pipeline else 0),
             polling=self.s.polling,
             poll_interval_s=self.s.poll_interval_s,
             still_wanted=still,
@@ -122,9 +134,14 @@ class Fetcher:
     # --- round trips ---------------------------------------------------------------------------
     def _round_trip(self, want: int, limits: ClaimLimits) -> tuple[int, int]:
         """Report what finished and claim `want` more. Returns (claimed, tasks still queued)."""
+        start = time.perf_counter()
         if self.s.pipeline:
-            return self._settle(want, limits)
-        return self._one_command_round_trips(want, limits)
+            got = self._settle(want, limits)
+        else:
+            got = self._one_command_round_trips(want, limits)
+        if want:  # how long a refill takes: sizes the buffer (pace.py)
+            self.pace.claimed(time.perf_counter() - start)
+        return got
 
     def _settle(self, want: int, limits: ClaimLimits) -> tuple[int, int]:
         batch = self.p.results.unsent[: policy.MAX_REPORT_BATCH]
@@ -132,8 +149,10 @@ class Fetcher:
         settle: Callable[..., ClaimResult] = self.q.settle
         if tracer is not None:
             settle = tracer.wrap(settle, [r.trace for r in batch])
+        starts, _ = self.p.pool.starts_to_report()
         result = settle(self.name, self.incarnation, [r.report() for r in batch], want, limits,
-                        self.s.max_retry_per_task)  # fmt: skip
+                        self.s.max_retry_per_task, starts)  # fmt: skip
+        self.p.pool.starts_reported(len(starts))
         self._account(self.p.results.sent(len(batch)), result.report_codes)
         if not result.lease_ok:
             self.p.lease.lost()

@@ -5,6 +5,7 @@ No threads, no Redis: the fetch loop and the slots gather the inputs, these deci
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -17,6 +18,27 @@ from distcomp_obs.worker.polling import NO_WAIT, Wait, adaptive_wait, fixed_wait
 REPORT_COALESCE_S = 0.01
 #: most reports sent in one round trip (a long script blocks Redis for everyone)
 MAX_REPORT_BATCH = 500
+#: added to the measured claim round trip when sizing the buffer: the fetch loop's own reaction
+#: (a thread wake-up, the GIL shared with busy slots, reports riding the same round trip)
+CLAIM_MARGIN_S = 0.02
+
+
+def buffer_target(concurrency: int, prefetch: int, claim_rtt_s: float, mean_task_s: float | None) -> int:
+    """Claimed tasks to keep buffered beyond the running ones: what the slots finish during one
+    claim round trip plus CLAIM_MARGIN_S, concurrency × (rtt + margin) / mean task duration,
+    rounded to the nearest (a task is buffered only if a slot more likely than not frees for it
+    within one round trip), at most `prefetch`. A worker holding long tasks thus keeps none queued
+    that another idle worker could start now: its slots claim as they free, as with prefetch 0.
+    Before any task finished (`mean_task_s` None): one per slot, growing once durations come in
+    (no-op tasks take µs: the target is `prefetch` after the first results)."""
+    if prefetch <= 0:
+        return 0
+    if mean_task_s is None:
+        return min(prefetch, max(1, concurrency))
+    per_round_trip = concurrency * (max(0.0, claim_rtt_s) + CLAIM_MARGIN_S)  # slot-seconds
+    if mean_task_s * prefetch <= per_round_trip:  # also a zero duration: no division
+        return prefetch
+    return min(prefetch, math.floor(per_round_trip / mean_task_s + 0.5))
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,27 +52,33 @@ class Occupancy:
     submitted: bool  # the wake-up channel announced work since the last claim
     urgent_priority: int  # highest priority announced since the last claim (-1: none)
     lowest_buffered_priority: int | None
+    target: int | None = None  # buffer_target now (None: prefetch), capped by prefetch
 
 
 def capacity_wanted(o: Occupancy) -> int:
-    """How many tasks to claim now (0: none)."""
+    """How many tasks to claim now (0: none): the free slots plus the buffer's target, less what
+    is buffered; never more than free slots + target. Refill at the low-water mark target // 2,
+    or sooner if the buffer cannot fill the free slots (a buffered task that does not fit yet must
+    not idle the others: with target 0 this is exactly prefetch 0)."""
     free_slots = max(0, o.concurrency - o.busy)
     if o.prefetch == 0:
         return max(0, free_slots - o.buffered)
-    want = max(0, o.prefetch + free_slots - o.buffered)
+    target = o.prefetch if o.target is None else max(0, min(o.target, o.prefetch))
+    want = max(0, target + free_slots - o.buffered)
     if o.submitted and want == 0:
         # Strict priority: work more urgent than anything buffered was just submitted. Claim it
         # now (the buffer may overflow a little) rather than start lower-priority tasks first.
         lowest = o.lowest_buffered_priority
         if lowest is not None and o.urgent_priority > lowest:
-            return max(1, o.prefetch // 4)
-    if o.buffered > o.prefetch // 2 and not o.submitted:
+            return max(1, target // 4)
+    if o.buffered > target // 2 and o.buffered >= free_slots and not o.submitted:
         return 0  # above the low-water mark
     return want
 
 
 def below_low_water(buffered: int, prefetch: int) -> bool:
-    """A slot that leaves the buffer this low wakes the fetch loop to refill it."""
+    """A slot that leaves the buffer this low wakes the fetch loop to refill it. The target is at
+    most `prefetch`, so its own mark (target // 2) is never missed: at worst a pass claims nothing."""
     return buffered <= prefetch // 2
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from distcomp_obs import tracing
@@ -39,6 +40,8 @@ class Results:
         self._lock = threading.Lock()
         self._pending = 0  # put and not yet reported (incoming + unsent)
         self.unsent: list[Result] = []  # the fetch loop's: collected, report not yet recorded
+        # the fetch loop's: sees each collected task's duration (Fetcher feeds its Pace with it)
+        self.on_collect: Callable[[float], None] = lambda duration_s: None
 
     def put(self, result: Result) -> bool:
         """From a slot. Returns True for the first result of a batch (wake the fetch loop)."""
@@ -53,11 +56,14 @@ class Results:
         return not self._incoming.empty()
 
     def collect(self) -> None:
+        """Fetch loop only: move what the slots put into `unsent`."""
         while True:
             try:
-                self.unsent.append(self._incoming.get_nowait())
+                result = self._incoming.get_nowait()
             except queue.Empty:
                 return
+            self.unsent.append(result)
+            self.on_collect(result.duration_s)
 
     def oldest_age_s(self) -> float:
         return time.monotonic() - self.unsent[0].done_at if self.unsent else 0.0

@@ -57,6 +57,8 @@ class SlotPool:
         self.stopping = stopping  # the worker's: no more tasks start once set
         self._lock = threading.Lock()
         self._running: dict[str, tuple[Held, Running]] = {}  # token -> task in a slot
+        self._unreported: list[tuple[str, str]] = []  # (task, token) started since the last settle
+        self._unreported_since = 0.0  # time.monotonic() of the oldest of them
         self._threads: list[threading.Thread] = []
         self.tracer: tracing.WorkerTracer | None = None
         self.guard: TaskGuard | None = None
@@ -66,6 +68,19 @@ class SlotPool:
     def busy(self) -> int:
         with self._lock:
             return len(self._running)
+
+    def starts_to_report(self) -> tuple[list[tuple[str, str]], float]:
+        """Tasks started since the last settle, and how long the oldest has waited: the fetch loop
+        sends them with its next settle, so a death of this worker counts only toward tasks that
+        may have been running (poison detection), at no extra round trip."""
+        with self._lock:
+            age = time.monotonic() - self._unreported_since if self._unreported else 0.0
+            return list(self._unreported), age
+
+    def starts_reported(self, n: int) -> None:
+        with self._lock:
+            del self._unreported[:n]
+            self._unreported_since = time.monotonic()
 
     def cores_used(self) -> float:
         with self._lock:
@@ -120,7 +135,13 @@ class SlotPool:
         held.started_at = time.time()
         with self._lock:
             self._running[held.token] = (held, running)
+            first = not self._unreported
+            if first:
+                self._unreported_since = time.monotonic()
+            self._unreported.append((held.line, held.token))
             self.m.slots_busy.set(len(self._running))
+        if first and self.s.pipeline:
+            self.wake.poke()  # the fetch loop sends the start marks within the coalescing window
         self.m.tasks_started.labels(held.task.type.value).inc()
         self.m.task_buffer_wait_seconds.observe(held.started_at - held.claimed_at)
         submitted = held.claim.submitted_s
