@@ -31,6 +31,10 @@ class WorkerNameTaken(DistcompError):
     """Another live process holds this worker name's lease."""
 
 
+class QueueLayoutError(DistcompError):
+    """The queue's records were written by another version's layout."""
+
+
 class RedisUnavailable(DistcompError):
     """Redis could not be reached (host named, password never shown)."""
 

@@ -116,6 +116,10 @@ class Keys:
         return self._k("epoch")
 
     @property
+    def layout(self) -> str:  # STRING: records.LAYOUT the queue was written with (set by its first submit)
+        return self._k("layout")
+
+    @property
     def workers(self) -> str:  # SET of registered worker names (so nothing ever needs KEYS/SCAN)
         return self._k("workers")
 
@@ -173,6 +177,7 @@ SCRIPT_KEYS: tuple[str, ...] = (
     "task_meta",
     "seq",
     "epoch",
+    "layout",
     "workers",
     "worker_status",
     "wake_channel",  # a channel, passed in KEYS for ACL and cluster tools

@@ -16,6 +16,9 @@ from distcomp_obs.task import MAX_PRIORITY
 CLAIM_WINDOW = 200
 #: Entries kept in the capped stream of terminal transitions.
 EVENTS_MAXLEN = 100_000
+#: The record layout a queue was written with (its `layout` key). 2: the claim-by-class index
+#: (todo_by_class) and start marks; a queue without the key but with tasks predates it.
+LAYOUT = 2
 
 
 class ReportCode(IntEnum):

@@ -276,3 +276,23 @@ def test_redis_errors_do_not_leak_passwords() -> None:
     with pytest.raises(RedisUnavailable) as exc:
         connect(f"redis://carol:pa55word@127.0.0.1:{free_port()}/0", timeout_s=1)
     assert "pa55word" not in str(exc.value) and not isinstance(exc.value, redis.RedisError)
+
+
+def test_a_queue_of_an_older_record_layout_is_refused_with_the_fix(redis_url: str, prefix: str, queue: Queue) -> None:
+    """Issue 10: a queue written before the claim-by-class index (no `layout` key, tasks in it)
+    would hide its waiting tasks from every claim: submit and worker refuse it in one line naming
+    the fix, and touch nothing."""
+    queue.submit(["shell:1:0:0:echo old"])
+    queue.r.delete(queue.keys.layout)  # as the previous layout left it
+    for argv in (("submit", "-"), ("worker", "--name", "w", "--metrics-addr", "127.0.0.1:0")):
+        out = run_cli(*argv, "--redis-url", redis_url, "--prefix", prefix, input="shell:1:0:0:echo new\n", timeout=30)
+        assert out.returncode == 2, out
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "older distcomp-obs" in lines[0] and "distcomp reset --yes" in lines[0], lines
+        assert "Traceback" not in out.stderr
+    assert queue.counts()["todo"] == 1 and queue.workers() == {}
+    queue.r.set(queue.keys.layout, "2")  # the current layout: accepted again
+    assert (
+        run_cli("submit", "-", "--redis-url", redis_url, "--prefix", prefix, input="shell:1:0:0:echo new\n").returncode
+        == 0
+    )

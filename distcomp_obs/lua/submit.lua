@@ -10,6 +10,7 @@ local now = now_ms()
 local t = redis.call('TIME')
 local submitted = t[1] .. string.format('%03d.%03d', math.floor(tonumber(t[2]) / 1000), tonumber(t[2]) % 1000)
 redis.call('SET', K.epoch, ARGV[1], 'NX')
+redis.call('SET', K.layout, LAYOUT, 'NX')
 -- Which lines are new: one HMGET for the batch (and a table for repeats within it).
 local lines = {}
 for i = 3, #ARGV do lines[#lines + 1] = ARGV[i] end

@@ -16,10 +16,11 @@ from typing import Any, TypeVar
 import redis
 from redis.client import PubSub
 
+from distcomp_obs.errors import QueueLayoutError
 from distcomp_obs.keys import Keys
 from distcomp_obs.metrics import WorkerMetrics
 from distcomp_obs.queue import scripts
-from distcomp_obs.records import Claimed, ClaimLimits, ClaimResult, Heartbeat, Report, ReportCode, Snapshot
+from distcomp_obs.records import LAYOUT, Claimed, ClaimLimits, ClaimResult, Heartbeat, Report, ReportCode, Snapshot
 from distcomp_obs.redis_io import RoundTrips
 
 T = TypeVar("T")
@@ -34,6 +35,7 @@ class Queue:
         self._keys_cache: dict[str, list[str]] = {}
         self.rt = roundtrips or RoundTrips(WorkerMetrics(None))
         self._scripts = {name: client.register_script(scripts.source(name)) for name in scripts.SCRIPT_NAMES}
+        self._layout_ok = False
 
     def _members(self, key: str) -> set[bytes | str]:
         return self.r.smembers(key)
@@ -57,9 +59,30 @@ class Queue:
         run = self._scripts[script]
         return self.rt.call(op, 1, lambda: parse(run(keys=keys, args=list(args))))
 
+    # --- layout --------------------------------------------------------------------------------
+    def check_layout(self) -> None:
+        """Refuse a queue whose records were written by an older layout: its waiting tasks are not
+        in the claim-by-class index, so claims would never see them (misread, never lost)."""
+        if self._layout_ok:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(self.keys.layout)
+        pipe.hlen(self.keys.task_meta)
+        layout, known = pipe.execute()
+        if layout is None and int(known) == 0:
+            return  # empty: the first submit records the layout
+        if layout is None or _text(layout) != str(LAYOUT):
+            found = "an older distcomp-obs" if layout is None else f"record layout {_text(layout)}"
+            raise QueueLayoutError(
+                f"queue {self.keys.prefix!r} was written by {found} (this version uses record layout {LAYOUT}): "
+                "drain it with the version that wrote it, or delete it with `distcomp reset --yes`"
+            )
+        self._layout_ok = True
+
     # --- submit ------------------------------------------------------------------------------
     def submit(self, lines: Iterable[str], trace: str = "") -> int:
         """Add normalised task lines; returns how many were new. One round trip per 1000 lines."""
+        self.check_layout()
         added = 0
         batch: list[str] = []
         epoch = uuid.uuid4().hex

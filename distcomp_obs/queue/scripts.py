@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import resources
 
 from distcomp_obs.keys import FIRST_EXTRA_KEY, SCRIPT_KEYS
-from distcomp_obs.records import EVENTS_MAXLEN, ReportCode
+from distcomp_obs.records import EVENTS_MAXLEN, LAYOUT, ReportCode
 from distcomp_obs.task import MAX_PRIORITY
 
 SCRIPT_NAMES = ("claim", "settle", "requeue", "heartbeat", "reap", "submit", "leave")
@@ -25,6 +25,7 @@ def preamble() -> str:
         f"local CODE = {{{codes}}}\n"
         f"local MAX_PRIORITY = {MAX_PRIORITY}\n"
         f"local EVENTS_MAXLEN = {EVENTS_MAXLEN}\n"
+        f"local LAYOUT = '{LAYOUT}'\n"
     )
 
 

@@ -144,6 +144,7 @@ class Worker:
                 f"{max(ttl, 0) / 1000:.1f}s if it is dead. Use another --name, or stop that worker first."
             )
         try:
+            q.check_layout()
             chores.epoch = q.ensure_epoch()
             chores.heartbeat_once()
             # A previous incarnation under this name may have died holding tasks: give them back.
