@@ -17,6 +17,7 @@ import redis
 
 from distcomp_obs.audit import audit
 from distcomp_obs.bench.workers import Variant
+from distcomp_obs.bench.workloads import drain_record, per
 from distcomp_obs.queue import Queue, manager
 
 if TYPE_CHECKING:
@@ -89,18 +90,10 @@ def cluster_run(b: Bench, workers: int, rep: int) -> dict[str, Any]:
     report = audit(q)
     manager.reset(q)
     return {
-        "workload": "cluster",
-        "variant": f"all-w{workers}",
+        **drain_record("cluster", f"all-w{workers}", 0.0, rep, n, done, elapsed),
         "workers": workers,
-        "latency_ms": 0.0,
-        "repeat": rep,
-        "tasks": n,
-        "done": done,
-        "drained": done >= n,
-        "elapsed_s": elapsed,
-        "tasks_per_s": done / elapsed if elapsed > 0 else 0.0,
         # the drain's Redis CPU includes the probe's HGETALL every 10 ms: < 1 µs per task at these rates
-        "redis_cpu_us_per_task": cpu * 1e6 / done if done else None,
+        "redis_cpu_us_per_task": per(cpu * 1e6, done),
         "redis_busy_pct": 100 * cpu / elapsed if elapsed > 0 else 0.0,
         **submit,
         "audit_ok": report.ok,

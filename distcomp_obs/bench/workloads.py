@@ -74,15 +74,7 @@ def drain_run(b: Bench, workload: str, variant: Variant, latency: float, rep: in
     manager.reset(q)
     delta = probes.command_delta(stats0, stats1, {"cmdstat_hgetall": polls})
     run: dict[str, Any] = {
-        "workload": workload,
-        "variant": variant.name,
-        "latency_ms": latency,
-        "repeat": rep,
-        "tasks": n,
-        "done": done,
-        "drained": done >= n,
-        "elapsed_s": elapsed,
-        "tasks_per_s": done / elapsed if elapsed > 0 else 0.0,
+        **drain_record(workload, variant.name, latency, rep, n, done, elapsed),
         "redis_commands_per_task": per(sum(delta.values()), done),
         "redis_script_calls_per_task": per(probes.script_calls(delta), done),
         "worker_cpu_us_per_task": per((cpu1 - cpu0) * 1e6, done),
@@ -129,18 +121,7 @@ def bare_loop_run(b: Bench, rep: int) -> dict[str, Any]:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - start
-    return {
-        "workload": "shell",
-        "variant": "bare-loop",
-        "latency_ms": 0.0,
-        "repeat": rep,
-        "tasks": n,
-        "done": done,
-        "drained": done >= n,
-        "elapsed_s": elapsed,
-        "tasks_per_s": done / elapsed if elapsed > 0 else 0.0,
-    }
+    return drain_record("shell", "bare-loop", 0.0, rep, n, done, time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------------- pickup
@@ -221,6 +202,23 @@ def idle_window(b: Bench, metrics_urls: list[str], workers: int) -> dict[str, An
 
 
 # ---------------------------------------------------------------------- small helpers
+def drain_record(
+    workload: str, variant: str, latency: float, rep: int, n: int, done: int, elapsed: float
+) -> dict[str, Any]:
+    """The fields every drain run records (results.json `runs`)."""
+    return {
+        "workload": workload,
+        "variant": variant,
+        "latency_ms": latency,
+        "repeat": rep,
+        "tasks": n,
+        "done": done,
+        "drained": done >= n,
+        "elapsed_s": elapsed,
+        "tasks_per_s": done / elapsed if elapsed > 0 else 0.0,
+    }
+
+
 def per(value: float, n: int) -> float | None:
     return value / n if n else None
 

@@ -101,8 +101,8 @@ class Fetcher:
             return True
         if not self.s.pipeline:
             return False  # DistComp's protocol has no start marks: the reaper then counts by slots
-        starts, age = self.p.pool.starts_to_report()
-        return policy.reports_due(len(starts), age, True, stopping, self.s.concurrency)
+        starts, age = self.p.pool.starts_pending()
+        return policy.reports_due(starts, age, True, stopping, self.s.concurrency)
 
     def _limits(self) -> ClaimLimits:
         reserved = self.p.buffer.reserved_gb()
@@ -113,7 +113,7 @@ class Fetcher:
         return policy.next_wait(
             state,
             results_waiting=self.p.results.waiting(),
-            unsent=len(self.p.results.unsent) + (len(self.p.pool.starts_to_report()[0]) if self.s.pipeline else 0),
+            unsent=len(self.p.results.unsent) + (self.p.pool.starts_pending()[0] if self.s.pipeline else 0),
             polling=self.s.polling,
             poll_interval_s=self.s.poll_interval_s,
             still_wanted=still,
@@ -149,7 +149,7 @@ class Fetcher:
         settle: Callable[..., ClaimResult] = self.q.settle
         if tracer is not None:
             settle = tracer.wrap(settle, [r.trace for r in batch])
-        starts, _ = self.p.pool.starts_to_report()
+        starts = self.p.pool.starts_to_report()
         result = settle(self.name, self.incarnation, [r.report() for r in batch], want, limits,
                         self.s.max_retry_per_task, starts)  # fmt: skip
         self.p.pool.starts_reported(len(starts))

@@ -69,13 +69,19 @@ class SlotPool:
         with self._lock:
             return len(self._running)
 
-    def starts_to_report(self) -> tuple[list[tuple[str, str]], float]:
-        """Tasks started since the last settle, and how long the oldest has waited: the fetch loop
-        sends them with its next settle, so a death of this worker counts only toward tasks that
-        may have been running (poison detection), at no extra round trip."""
+    def starts_to_report(self) -> list[tuple[str, str]]:
+        """Tasks started since the last settle: the fetch loop sends them with its next settle, so
+        a death of this worker counts only toward tasks that may have been running (poison
+        detection), at no extra round trip."""
         with self._lock:
-            age = time.monotonic() - self._unreported_since if self._unreported else 0.0
-            return list(self._unreported), age
+            return list(self._unreported)
+
+    def starts_pending(self) -> tuple[int, float]:
+        """How many starts wait to be reported, and how long the oldest has waited (no copy)."""
+        with self._lock:
+            if not self._unreported:
+                return 0, 0.0
+            return len(self._unreported), time.monotonic() - self._unreported_since
 
     def starts_reported(self, n: int) -> None:
         with self._lock:
