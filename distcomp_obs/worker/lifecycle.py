@@ -97,6 +97,11 @@ class Worker:
         chores.metrics_url = self._start_metrics()
         try:
             self._register(q, chores, fetcher)
+        except REDIS_DOWN as exc:  # went away between the connection check and registering: one line
+            self._stop_metrics()
+            raise RedisUnavailable(
+                f"Redis at {redact_url(self.s.redis_url)} went away while worker {self.name!r} was starting: {exc}"
+            ) from None
         except BaseException:
             self._stop_metrics()
             raise
