@@ -1,11 +1,11 @@
 """The "nothing lost" invariant as code (docs/ARCHITECTURE.md#the-invariant), shared by tests, `distcomp run`,
 `distcomp status --check` and the bench.
 
-Holds when: the records agree with each other (todo index = todo hash; in-progress = claims =
-the union of the workers' owned sets), no task is held by a dead worker, finished and
-failed-for-good are disjoint and each terminal task was recorded exactly once, every failure has
-a reason, and every submitted task is in exactly one state. With `expect_done` nothing may be
-left waiting or running either.
+Holds when: the records agree with each other (each waiting task once in todo_tasks, under its
+resource class and submit order; every claim names a registered worker), no task is held by a
+dead worker, finished and failed-for-good are disjoint, the counters match the records (a
+task recorded twice would count twice), every failure has a reason, and every known task is
+in exactly one state. With `expect_done` nothing may be left waiting or running either.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from distcomp_obs.queue import Queue
+from distcomp_obs.records import DoneRecord, parse_meta, todo_member
+from distcomp_obs.task import parse_line
 
 
 @dataclass
@@ -50,38 +52,51 @@ def _fields(mapping: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
     return {_text(k): _text(v) for k, v in mapping.items()}
 
 
-def _check_class_index(
-    problem: Callable[[bool, str, Iterable[str]], None], todo: set[str], by_class: set[str], classes: set[str]
-) -> None:
-    """todo_by_class holds each waiting task once, under its resource class, and every class with
-    a waiting task is listed in todo_classes (which may also list emptied ones)."""
-    tasks = [m.split("|", 2)[2] for m in by_class]
-    problem(set(tasks) != todo or len(tasks) != len(todo), "claim-by-class index and todo index disagree",
-            set(tasks) ^ todo)  # fmt: skip
-    unlisted = {m.split("|", 1)[0] for m in by_class} - classes
+def _check_todo(
+    problem: Callable[[bool, str, Iterable[str]], None], members: set[str], classes: set[str], known: dict[str, str]
+) -> set[str]:
+    """todo_tasks holds each waiting task once, under its resource class and its submit order, and
+    every class with a waiting task is listed in todo_classes (which may also list emptied ones).
+    Returns the waiting tasks."""
+    tasks = [m.split("|", 2)[2] for m in members]
+    todo = set(tasks)
+    problem(len(tasks) != len(todo), "waiting twice in todo_tasks", [t for t in todo if tasks.count(t) > 1])
+    misplaced = [
+        m.split("|", 2)[2]
+        for m in members
+        if m != todo_member(m.split("|", 2)[2], parse_line(m.split("|", 2)[2]).priority,
+                            parse_meta(known.get(m.split("|", 2)[2], ""))[0])
+    ]  # fmt: skip
+    problem(bool(misplaced), "todo_tasks members out of their class or submit order", misplaced)
+    unlisted = {m.split("|", 1)[0] for m in members} - classes
     problem(bool(unlisted), "resource classes with waiting tasks missing from todo_classes", unlisted)
+    return todo
+
+
+def _check_counters(problem: Callable[[bool, str, Iterable[str]], None], stats: dict[str, int], n_finished: int,
+                    n_failed: int) -> None:  # fmt: skip
+    """Every done record was counted once: a task recorded twice counts twice (a counter may lag its
+    record only when a one-command report was cut short between its commands)."""
+    for state, n in (("finished", n_finished), ("failed", n_failed)):
+        counted = stats.get(state, 0) - stats.get(f"forgotten_{state}", 0)
+        problem(counted > n, f"recorded more than once: {counted} {state} counted, {n} recorded", [state])
 
 
 def audit(q: Queue, submitted: Iterable[str] | None = None, expect_done: bool = False) -> AuditReport:
     k, r = q.keys, q.r
     rep = AuditReport()
-    todo_index = _members(r.zrange(k.todo_index, 0, -1))
-    todo = _members(r.hkeys(k.todo_tasks))
-    in_progress = _fields(r.hgetall(k.in_progress_tasks))
-    claims = _members(r.hkeys(k.claims))
+    known = _fields(r.hgetall(k.tasks))
+    members = _members(r.zrange(k.todo_tasks, 0, -1))
+    classes = _members(r.smembers(k.todo_classes))
+    holdings = q.holdings()
     finished = _members(r.hkeys(k.finished_tasks))
     failed = _fields(r.hgetall(k.failed_final))
     reasons = _fields(r.hgetall(k.task_fail_reason))
-    terminal = _fields(r.hgetall(k.terminal_count))
-    known = _members(r.hkeys(k.task_meta))
-    by_class = _members(r.zrange(k.todo_by_class, 0, -1))
-    classes = _members(r.smembers(k.todo_classes))
     workers = q.workers()
-    owned: dict[str, set[str]] = {name: _members(r.smembers(k.owned(name))) for name in workers}
     rep.counts = {
         "submitted": len(known),
-        "todo": len(todo_index),
-        "in_progress": len(in_progress),
+        "todo": len(members),
+        "in_progress": len(holdings),
         "finished": len(finished),
         "failed": len(failed),
     }
@@ -90,46 +105,33 @@ def audit(q: Queue, submitted: Iterable[str] | None = None, expect_done: bool = 
         if condition:
             rep.problems.append(f"{text}: {_sample(items)}")
 
-    problem(todo_index != todo, "todo index and todo hash disagree", todo_index ^ todo)
-    _check_class_index(problem, todo_index, by_class, classes)
-    problem(
-        set(in_progress) != claims,
-        "in-progress tasks without a claim (or claims without a task)",
-        set(in_progress) ^ claims,
-    )
-    all_owned: set[str] = set().union(*owned.values())
-    problem(set(in_progress) - all_owned != set(), "in-progress tasks no worker owns", set(in_progress) - all_owned)
-    for name, tasks in owned.items():
-        if tasks and not workers[name]["live"]:
-            problem(True, f"stranded: held by dead worker {name} (the reaper returns them)", tasks)
+    todo = _check_todo(problem, members, classes, known)
+    in_progress = set(holdings)
+    unregistered = [t for t, h in holdings.items() if h.worker not in workers]
+    problem(bool(unregistered), "in-progress tasks held by an unregistered worker", unregistered)
+    for name, info in workers.items():
+        held = [t for t, h in holdings.items() if h.worker == name]
+        if held and not info["live"]:
+            problem(True, f"stranded: held by dead worker {name} (the reaper returns them)", held)
     problem(bool(finished & set(failed)), "both finished and failed", finished & set(failed))
     problem(
-        any(not reasons.get(t) and not failed[t] for t in failed),
+        any(not reasons.get(t) and not DoneRecord.parse(failed[t]).body for t in failed),
         "failed without a reason",
-        [t for t in failed if not failed[t]],
+        [t for t in failed if not DoneRecord.parse(failed[t]).body],
     )
+    _check_counters(problem, q.stats(), len(finished), len(failed))
     terminal_tasks = finished | set(failed)
-    problem(
-        set(terminal) != terminal_tasks,
-        "terminal records disagree with finished/failed",
-        set(terminal) ^ terminal_tasks,
-    )
-    problem(
-        any(v != "1" for v in terminal.values()),
-        "recorded more than once",
-        [t for t, v in terminal.items() if v != "1"],
-    )
-    placed = todo_index | set(in_progress) | terminal_tasks
-    problem(bool(known - placed), "lost: submitted but in no state", known - placed)
-    problem(bool(placed - known), "in a state but never submitted", placed - known)
-    overlap = (todo_index & set(in_progress)) | (todo_index & terminal_tasks) | (set(in_progress) & terminal_tasks)
+    placed = todo | in_progress | terminal_tasks
+    problem(bool(set(known) - placed), "lost: submitted but in no state", set(known) - placed)
+    problem(bool(placed - set(known)), "in a state but never submitted", placed - set(known))
+    overlap = (todo & in_progress) | (todo & terminal_tasks) | (in_progress & terminal_tasks)
     problem(bool(overlap), "in two states at once", overlap)
     if submitted is not None:
         expected = set(submitted)
-        problem(bool(expected - known), "submitted but unknown to the queue", expected - known)
+        problem(bool(expected - set(known)), "submitted but unknown to the queue", expected - set(known))
         if expect_done:
             problem(bool(expected - terminal_tasks), "submitted but not finished or failed", expected - terminal_tasks)
     if expect_done:
-        problem(bool(todo_index), "still waiting", todo_index)
-        problem(bool(in_progress), "still in progress", set(in_progress))
+        problem(bool(todo), "still waiting", todo)
+        problem(bool(in_progress), "still in progress", in_progress)
     return rep

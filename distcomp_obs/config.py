@@ -24,7 +24,7 @@ import yaml
 
 from distcomp_obs.errors import ConfigError
 from distcomp_obs.keys import DEFAULT_PREFIX
-from distcomp_obs.redis_io import redact_url
+from distcomp_obs.redis_io import CLUSTER_SCHEMES, parse_cluster_url, redact_url
 
 #: environment variable that carries a worker's Settings as JSON (`distcomp run` -> `python -m distcomp_obs.worker`)
 WORKER_SETTINGS_ENV = "DISTCOMP_WORKER_SETTINGS"
@@ -34,7 +34,8 @@ NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789
 
 @dataclass(frozen=True)
 class Settings:
-    #: redis://[user:password@]host:port/db, rediss:// (TLS) or unix:///path.sock
+    #: redis://[user:password@]host:port/db, rediss:// (TLS), unix:///path.sock, or a Redis Cluster:
+    #: redis+cluster://[user:password@]host:port[,host:port...]/ (rediss+cluster:// with TLS)
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: key prefix: several queues can share one Redis (a missing trailing ':' is added: `jobs` = `jobs:`)
     prefix: str = DEFAULT_PREFIX
@@ -66,6 +67,10 @@ class Settings:
     reap_interval_s: float = 15.0
     #: a dead worker stays listed (workers, /sd, alerts) this long after its last heartbeat
     forget_dead_after_s: float = 3600.0
+    #: done tasks' records (output, attempts) are forgotten this long after they ended (0: kept; counts stay)
+    keep_done_s: float = 7 * 86400.0
+    #: at most this many done tasks' records are kept, the oldest forgotten first (0: no limit)
+    keep_done: int = 1_000_000
     #: times a task may take its worker down with it before it fails for good
     max_reaps: int = 3
     #: kill a task running longer than this (0: no limit)
@@ -133,10 +138,14 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> None:
 
 def _check_url(url: str) -> None:
     scheme = url.split("://", 1)[0] if "://" in url else ""
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError("redis_url", redact_url(url), "a redis://, rediss:// or unix:// URL")
+    if scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
+        expected = "a redis://, rediss://, unix://, redis+cluster:// or rediss+cluster:// URL"
+        raise ConfigError("redis_url", redact_url(url), expected)
     try:  # a malformed host or port must fail here, not as a traceback when connecting
-        urlsplit(url).port  # noqa: B018
+        if scheme in CLUSTER_SCHEMES:
+            parse_cluster_url(url)
+        else:
+            urlsplit(url).port  # noqa: B018
     except ValueError as exc:
         raise ConfigError("redis_url", redact_url(url), f"a valid URL ({exc})") from None
 
@@ -181,6 +190,9 @@ def _check_limits(s: Settings) -> None:
         raise ConfigError("max_retry_per_task", s.max_retry_per_task, "an integer >= 0")
     if s.max_reaps < 1:
         raise ConfigError("max_reaps", s.max_reaps, "an integer >= 1")
+    _positive("keep_done_s", s.keep_done_s, allow_zero=True)
+    if s.keep_done < 0:
+        raise ConfigError("keep_done", s.keep_done, "an integer >= 0 (0: no limit)")
     if s.output_limit_bytes < 0:
         raise ConfigError("output_limit_bytes", s.output_limit_bytes, "an integer >= 0")
 

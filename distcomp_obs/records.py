@@ -14,11 +14,10 @@ from distcomp_obs.task import MAX_PRIORITY
 
 #: How far down the priority index a claim looks for tasks this worker may run.
 CLAIM_WINDOW = 200
-#: Entries kept in the capped stream of terminal transitions.
-EVENTS_MAXLEN = 100_000
-#: The record layout a queue was written with (its `layout` key). 2: the claim-by-class index
-#: (todo_by_class) and start marks; a queue without the key but with tasks predates it.
-LAYOUT = 2
+#: The record layout a queue was written with (its `layout` key). 3: one field per task and
+#: state (lua/lib.lua), keys hash-tagged `{prefix}:`; 2 had the claim-by-class index beside a
+#: priority index and per-task side records; a queue without the key but with tasks predates 2.
+LAYOUT = 3
 
 
 class ReportCode(IntEnum):
@@ -47,7 +46,7 @@ _OUTCOMES = {
 
 
 def claim_score(priority: int, seq: int) -> int:
-    """Claim order in todo_index: highest priority first, FIFO (submit order) within one."""
+    """Claim order: highest priority first, FIFO (submit order) within one."""
     return (MAX_PRIORITY - priority) * 2**32 + seq
 
 
@@ -57,8 +56,8 @@ def resource_class(line: str) -> str:
     return f"{dram}:{cpu}"
 
 
-def by_class_member(line: str, priority: int, seq: int) -> str:
-    """A waiting task's member in todo_by_class (lua/lib.lua by_class_member makes the same)."""
+def todo_member(line: str, priority: int, seq: int) -> str:
+    """A waiting task's member in todo_tasks (lua/lib.lua `member` makes the same)."""
     return f"{resource_class(line)}|{claim_score(priority, seq):017d}|{line}"
 
 
@@ -74,16 +73,60 @@ class Claimed:
     receive_link: object | None = None  # the receive span's context, set by the tracer (in memory only)
 
     @classmethod
-    def from_reply(cls, line: str, token: str, meta_json: str) -> Claimed:
-        meta: dict[str, Any] = json.loads(meta_json) if meta_json else {}
-        submitted = meta.get("submitted_ms")  # a string: submit.lua keeps microseconds
-        return cls(
-            line,
-            token,
-            int(meta.get("seq", 0)),
-            float(submitted) / 1000 if submitted else None,
-            str(meta.get("trace") or ""),
-        )
+    def from_reply(cls, line: str, token: str, meta: str) -> Claimed:
+        seq, submitted_us, trace = parse_meta(meta)
+        return cls(line, token, seq, submitted_us / 1e6 if submitted_us else None, trace)
+
+
+def parse_meta(meta: str) -> tuple[int, int, str]:
+    """A `tasks` field, "seq submitted_us[ trace]" -> (seq, submitted µs, trace context or "")."""
+    parts = meta.split(" ", 2) if meta else []
+    seq = int(parts[0]) if parts else 0
+    submitted_us = int(parts[1]) if len(parts) > 1 else 0
+    return seq, submitted_us, parts[2] if len(parts) > 2 else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """An in_progress_tasks field, "token claim_ms started worker": who holds a claimed task."""
+
+    token: str
+    claimed_ms: int
+    started: bool  # its worker reported it started (a start mark)
+    worker: str
+
+    @classmethod
+    def parse(cls, value: str) -> Holding:
+        token, claimed_ms, started, worker = value.split(" ", 3)
+        return cls(token, int(claimed_ms), started == "s", worker)
+
+    def text(self) -> str:
+        return f"{self.token} {self.claimed_ms} {'s' if self.started else '-'} {self.worker}"
+
+
+@dataclass(frozen=True, slots=True)
+class DoneRecord:
+    """A finished_tasks / failed_final field: a JSON header line (token, worker, `at`: server ms
+    of the report, and what the worker measured: exit code, duration, ...), then the output (a
+    finished task's stdout) or the reason (a failed one)."""
+
+    header: dict[str, Any]
+    body: str
+
+    @classmethod
+    def parse(cls, value: str) -> DoneRecord:
+        head, _, body = value.partition("\n")
+        try:
+            header = json.loads(head)
+        except ValueError:  # not a record: keep the text whole rather than lose it
+            return cls({}, value)
+        return cls(header if isinstance(header, dict) else {}, body)
+
+    @staticmethod
+    def text(token: str, worker: str, at_ms: int, body: str, **detail: Any) -> str:
+        """The one-command protocol writes records itself (lua/lib.lua `record` makes the same)."""
+        header = json.dumps({"token": token, "worker": worker, "at": at_ms, **detail}, separators=(",", ":"))
+        return f"{header}\n{body}"
 
 
 @dataclass(slots=True)
@@ -100,6 +143,7 @@ class Report:
     token: str
     outcome: str  # "finished" | "failed"
     payload: str  # stdout on success, the reason on failure
+    detail: str = ""  # JSON object of what the worker measured (exit, ms, err, out), kept in the record
 
 
 @dataclass(frozen=True, slots=True)

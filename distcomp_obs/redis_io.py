@@ -9,14 +9,17 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, ClusterPipeline, ClusterPubSub, RedisCluster
+from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError
 from redis.retry import Retry
 
 from distcomp_obs.errors import RedisUnavailable
@@ -39,12 +42,73 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, parts.fragment))
 
 
-def connect(url: str, *, timeout_s: float | None = 5.0, check: bool = True) -> redis.Redis:
-    """A client for redis://, rediss:// (TLS) or unix:// URLs, with ACL user/password.
+#: URL schemes of a Redis Cluster: `redis+cluster://[user:password@]host:port[,host:port...]/`
+#: (rediss+cluster: TLS). The hosts are startup nodes: any one that answers is enough.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+#: What `connect` returns: one Redis server, or a Redis Cluster (redis-py's RedisCluster is no
+#: redis.Redis subclass, but has the same command methods; see docs/RELIABILITY.md, Redis Cluster).
+Client: TypeAlias = "redis.Redis | RedisCluster"
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
+
+
+def _host_port(item: str) -> tuple[str, int]:
+    """`host:port`, `host` (port 6379) or `[v6]:port` -> (host, port); ValueError if malformed."""
+    host, port = item, "6379"
+    if item.startswith("["):
+        host, bracket, rest = item[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad host {item!r}")
+        port = rest[1:] or port
+    elif ":" in item:
+        host, _, port = item.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad host:port {item!r}")
+    return host, int(port)
+
+
+def parse_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """A cluster URL -> (the URL of its first node with the plain scheme, for redis-py to read
+    credentials, TLS and query options from; every startup node as (host, port)).
+    ValueError if it is not a cluster URL, names no host, has a malformed host or port, or selects
+    a database other than 0 (a cluster has only db 0)."""
+    scheme, sep, _ = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower())
+    if not sep or plain is None:
+        raise ValueError(f"not a cluster URL (expected {' or '.join(s + '://' for s in CLUSTER_SCHEMES)})")
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    nodes = [_host_port(item.strip()) for item in hosts.split(",") if item.strip()]
+    if not nodes:
+        raise ValueError("no host:port")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError("a Redis Cluster has only database 0")
+    host, port = nodes[0]
+    first = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{plain}://{userinfo}{at}{first}/{query}", nodes
+
+
+def connect(url: str, *, timeout_s: float | None = 5.0, check: bool = True) -> Client:
+    """A client for redis://, rediss:// (TLS) or unix:// URLs, with ACL user/password
+    (`connect_server`), or for redis+cluster:// and rediss+cluster:// URLs a Redis Cluster client
+    (`connect_cluster`).
 
     redis-py's own retry is off: a re-sent claim or report could be executed twice without us
     knowing. The worker retries itself, with backoff, and reconciles after a connection error.
     """
+    if is_cluster_url(url):
+        return connect_cluster(url, timeout_s=timeout_s, check=check)
+    return connect_server(url, timeout_s=timeout_s, check=check)
+
+
+def connect_server(url: str, *, timeout_s: float | None = 5.0, check: bool = True) -> redis.Redis:
+    """A client of one Redis server (what needs one server's INFO: the bench, `distcomp run`)."""
+    if is_cluster_url(url):
+        raise RedisUnavailable(f"{redact_url(url)} is a Redis Cluster: this needs one Redis server's URL")
     client = redis.Redis.from_url(
         url,
         decode_responses=True,
@@ -54,14 +118,164 @@ def connect(url: str, *, timeout_s: float | None = 5.0, check: bool = True) -> r
         health_check_interval=30,
     )
     if check:
+        _check(client, url)
+    return client
+
+
+def _check(client: Client, url: str) -> None:
+    try:
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError) as exc:
+        raise _unavailable(exc, url) from None
+
+
+def _unavailable(exc: Exception, url: str) -> RedisUnavailable:
+    """RedisUnavailable naming the (redacted) URL and what went wrong."""
+    if isinstance(exc, redis.AuthenticationError):  # a ConnectionError subclass: test it first
+        return RedisUnavailable(f"Redis at {redact_url(url)} refused the credentials: {exc}")
+    if isinstance(exc, redis.ResponseError):
+        return RedisUnavailable(f"Redis at {redact_url(url)} answered with an error: {exc}")
+    if isinstance(exc, RedisClusterException):  # e.g. "Cluster mode is not enabled on this node"
+        return RedisUnavailable(f"Redis Cluster at {redact_url(url)}: {exc}")
+    return RedisUnavailable(f"cannot reach Redis at {redact_url(url)}: {exc}")
+
+
+def _as_redis_error(exc: RedisClusterException) -> Exception:
+    """The error a single Redis would have raised where the cluster client found no node: the
+    Redis error behind it (AuthenticationError, ConnectionError...); a ResponseError when the node
+    is no cluster node (a wrong URL: waiting will not heal it); a ConnectionError when no node
+    answers or slots are uncovered. A usage error (keys of several slots in one script or
+    transaction) is returned as it is."""
+    cause = exc.__cause__
+    if isinstance(cause, redis.RedisError | OSError):
+        return cause
+    text = str(cause or exc)
+    if "not enabled" in text:  # "Cluster mode is not enabled on this node"
+        return redis.ResponseError(f"{text} (for a single Redis use a redis:// or rediss:// URL)")
+    if isinstance(exc, SlotNotCoveredError) or "cannot be connected" in text or "not covered" in text:
+        return redis.ConnectionError(text)
+    return exc
+
+
+def _redis_error_of(exc: Exception) -> Exception:
+    """What a single Redis would have raised instead of a cluster-only error (see ClusterClient)."""
+    if isinstance(exc, RedisClusterException):
+        return _as_redis_error(exc)
+    if isinstance(exc, ClusterDownError):  # CLUSTERDOWN: the command did not run; wait as for a down server
+        return redis.ConnectionError(f"Redis Cluster is down: {exc}")
+    return exc
+
+
+def _reraise(exc: Exception) -> NoReturn:
+    error = _redis_error_of(exc)
+    if error is exc:
+        raise exc
+    raise error from exc
+
+
+class ClusterClient(RedisCluster):
+    """redis-py's RedisCluster, failing as a single Redis does.
+
+    - When no node answers, or the cluster is down (CLUSTERDOWN: a slot has no master), a
+      command, script or pipeline raises redis.ConnectionError (or the AuthenticationError behind
+      it), never a RedisClusterException or a ResponseError: the worker waits and reconnects as
+      for one server, and reconciles as after any connection error.
+    - With lazy=True it is built even when no node answers (RedisCluster reads the slot map in
+      its constructor): the first command tries again, and raises what it meets. So the worker
+      and the exporter start while the cluster is down, as they do for one server.
+    - Keyless commands (PING, TIME, CONFIG GET) go to a "default" master; one that fails is
+      replaced, so the next goes to another master (redis-py replaces it only when it retries,
+      and retries are off).
+    """
+
+    def __init__(self, *, lazy: bool = False, **kwargs: Any) -> None:
+        self._init_kwargs = kwargs
+        self._init_lock = threading.Lock()
+        self._ready = False
         try:
-            client.ping()
-        except redis.AuthenticationError as exc:
-            raise RedisUnavailable(f"Redis at {redact_url(url)} refused the credentials: {exc}") from None
-        except redis.ResponseError as exc:
-            raise RedisUnavailable(f"Redis at {redact_url(url)} answered with an error: {exc}") from None
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            raise RedisUnavailable(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
+            self._initialise()
+        except (redis.RedisError, OSError):
+            if not lazy:
+                raise
+
+    def _initialise(self) -> None:
+        kwargs = dict(self._init_kwargs)
+        kwargs["startup_nodes"] = list(kwargs.get("startup_nodes") or [])  # RedisCluster appends to it
+        try:
+            super().__init__(**kwargs)
+        except RedisClusterException as exc:
+            _reraise(exc)
+        self._ready = True
+
+    def _ensure_ready(self) -> None:
+        if not self._ready:
+            with self._init_lock:
+                if not self._ready:
+                    self._initialise()
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        self._ensure_ready()
+        try:
+            return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.replace_default_node()
+            raise
+        except (RedisClusterException, ClusterDownError) as exc:
+            _reraise(exc)
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        self._ensure_ready()
+        pipe: ClusterPipeline = super().pipeline(transaction, shard_hint)  # type: ignore[no-untyped-call]
+        pipe.__class__ = _ClusterClientPipeline  # adds no state: only execute() differs
+        return pipe
+
+    def pubsub(self, node: Any = None, host: Any = None, port: Any = None, **kwargs: Any) -> ClusterPubSub:
+        self._ensure_ready()
+        return ClusterPubSub(self, node=node, host=host, port=port, **kwargs)
+
+    def close(self) -> None:
+        if self._ready:
+            super().close()
+
+
+class _ClusterClientPipeline(ClusterPipeline):
+    """A ClusterPipeline whose execute() fails as ClusterClient's commands do. (redis-py re-sends,
+    one by one, the commands of a non-transactional pipeline that met a connection error: such
+    pipelines must hold only reads or idempotent writes; the queue's do.)"""
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        try:
+            return super().execute(raise_on_error)
+        except (RedisClusterException, ClusterDownError) as exc:
+            _reraise(exc)
+
+
+def connect_cluster(url: str, *, timeout_s: float | None = 5.0, check: bool = True) -> ClusterClient:
+    """A Redis Cluster client: every key of one queue shares one hash slot (keys.Keys.tag), so
+    each script, transaction and pipeline of a queue goes to the one master serving it.
+
+    The client reads the slot map from the first startup node that answers. check=True: that and
+    a PING must succeed, else RedisUnavailable naming the URL; check=False: it never fails here
+    (see ClusterClient's lazy). Retries are off as for one server (Retry(NoBackoff(), 0));
+    MOVED/ASK redirections are followed (the node that redirects did not run the command)."""
+    try:
+        first, nodes = parse_cluster_url(url)
+    except ValueError as exc:
+        raise RedisUnavailable(f"bad Redis Cluster URL {redact_url(url)}: {exc}") from None
+    try:
+        client = ClusterClient(
+            lazy=not check,
+            url=first,
+            startup_nodes=[ClusterNode(host, port) for host, port in nodes[1:]],  # type: ignore[no-untyped-call]
+            decode_responses=True,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s or 5.0,
+            retry=Retry(NoBackoff(), 0),
+        )
+    except (redis.RedisError, RedisClusterException, OSError) as exc:
+        raise _unavailable(exc, url) from None
+    if check:
+        _check(client, url)
     return client
 
 

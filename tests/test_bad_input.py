@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from distcomp_obs.config import FIELDS, load_settings, read_config_file
 from distcomp_obs.errors import ConfigError, TaskLineError
-from distcomp_obs.queue import Queue
+from distcomp_obs.queue import Queue, manager
+from distcomp_obs.records import LAYOUT
 from distcomp_obs.task import MAX_LINE_BYTES, format_line, parse_line
 from tests.conftest import WorkerProc, distcomp_argv, free_port, run_cli
 from tests.fault_tools import assert_audit, wait_done
@@ -291,8 +292,25 @@ def test_a_queue_of_an_older_record_layout_is_refused_with_the_fix(redis_url: st
         assert len(lines) == 1 and "older distcomp-obs" in lines[0] and "distcomp reset --yes" in lines[0], lines
         assert "Traceback" not in out.stderr
     assert queue.counts()["todo"] == 1 and queue.workers() == {}
-    queue.r.set(queue.keys.layout, "2")  # the current layout: accepted again
+    queue.r.set(queue.keys.layout, str(LAYOUT))  # the current layout: accepted again
     assert (
         run_cli("submit", "-", "--redis-url", redis_url, "--prefix", prefix, input="shell:1:0:0:echo new\n").returncode
         == 0
     )
+
+
+def test_a_queue_of_layout_2_under_untagged_keys_is_refused_and_reset_clears_it(
+    redis_url: str, prefix: str, queue: Queue
+) -> None:
+    """Layout 2 named keys `<prefix>:<record>` without the hash tag: the new keys look empty, so
+    without a check its waiting tasks would be silently left behind. Refused in one line; `reset`
+    deletes the old keys too, and the queue is usable again."""
+    queue.r.hset(prefix + "task_meta", "shell:1:0:0:echo old", '{"seq":1}')
+    queue.r.set(prefix + "layout", "2")
+    out = run_cli("submit", "-", "--redis-url", redis_url, "--prefix", prefix, input="shell:1:0:0:echo new\n")
+    assert out.returncode == 2 and "record layout 2" in out.stderr and "distcomp reset --yes" in out.stderr, out
+    assert queue.counts()["known"] == 0
+    manager.reset(queue)
+    assert not queue.r.exists(prefix + "task_meta", prefix + "layout")
+    out = run_cli("submit", "-", "--redis-url", redis_url, "--prefix", prefix, input="shell:1:0:0:echo new\n")
+    assert out.returncode == 0 and queue.counts()["todo"] == 1, out

@@ -54,9 +54,10 @@ def test_status_lists_filters_json_and_check(redis_url: str, prefix: str, queue:
     assert data["counts"]["todo"] == 3 and data["audit"]["ok"] is True
     code, out, _ = cli(redis_url, prefix, "status", "--check", "--drained")
     assert code == 1 and "still waiting" in out
-    queue.r.hdel(queue.keys.todo_tasks, "shell:1:0:0:beta")  # corrupt a record: the audit must notice
+    [beta] = [m for m in queue.r.zrange(queue.keys.todo_tasks, 0, -1) if m.endswith("|shell:1:0:0:beta")]
+    queue.r.zrem(queue.keys.todo_tasks, beta)  # corrupt a record: the audit must notice
     code, out, _ = cli(redis_url, prefix, "status", "--check")
-    assert code == 1 and "todo index and todo hash disagree" in out
+    assert code == 1 and "lost: submitted but in no state: 'shell:1:0:0:beta'" in out, out
 
 
 def test_workers_requeue_dead_and_forget(redis_url: str, prefix: str, queue: Queue) -> None:

@@ -13,6 +13,7 @@ import pytest
 from distcomp_obs.config import load_settings, unknown_env
 from distcomp_obs.errors import ConfigError
 from distcomp_obs.exporter import parse_prefixes, queue_label
+from distcomp_obs.keys import Keys
 from distcomp_obs.logs import setup_logging
 from distcomp_obs.queue import Queue
 from tests.conftest import distcomp_argv, free_port, run_cli
@@ -87,7 +88,8 @@ def test_prefix_gets_its_colon_so_jobs_and_jobs_colon_are_one_queue(tmp_path: Pa
     r = cli_in(tmp_path, "submit", str(f), "--redis-url", redis_url, "--prefix", bare)
     assert r.returncode == 0, r.stderr
     assert queue.counts()["todo"] == 1  # `queue` is the fixture's `prefix` (with ':')
-    assert queue.r.exists(f"{prefix}todo_tasks") and not queue.r.exists(f"{bare}todo_tasks")
+    assert queue.r.exists(f"{{{bare}}}:todo_tasks")  # keys are `{<prefix>}:<record>` either way
+    assert Keys(prefix).todo_tasks == Keys(bare).todo_tasks
     r = cli_in(tmp_path, "submit", str(f), "--redis-url", redis_url, "--prefix", prefix)
     assert r.returncode == 0 and queue.counts()["todo"] == 1  # the same queue: already known
 

@@ -47,7 +47,7 @@ def running_count(log: Path) -> int:
 
 
 def held_by(queue: Queue, worker: str) -> set[str]:
-    return queue.owned(worker)
+    return queue.held_by(worker)
 
 
 def alive(pid: int) -> bool:

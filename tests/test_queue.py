@@ -9,7 +9,7 @@ import pytest
 from distcomp_obs.audit import audit
 from distcomp_obs.queue import Queue, manager
 from distcomp_obs.queue.distcomp import OneCommandProtocol
-from distcomp_obs.records import ClaimLimits, Report, ReportCode
+from distcomp_obs.records import ClaimLimits, Holding, Report, ReportCode, todo_member
 
 FINISHED, FAILED_FINAL, RETRIED = ReportCode.FINISHED, ReportCode.FAILED_FINAL, ReportCode.RETRIED
 DUPLICATE, STALE = ReportCode.DUPLICATE, ReportCode.STALE
@@ -189,7 +189,7 @@ def test_a_death_counts_only_toward_tasks_that_may_have_been_running(queue: Queu
     assert queue.reap(max_reaps=3) == (10, 0)
     assert queue.r.hgetall(queue.keys.reap_count) == {"shell:1:0:0:t4": "1", "shell:1:0:0:t7": "1",
                                                       "shell:1:0:0:t0": "1"}  # fmt: skip
-    assert queue.r.hlen(queue.keys.started) == 0  # released with the claims
+    assert queue.r.hlen(queue.keys.in_progress_tasks) == 0  # start marks are released with the claims
     assert audit(queue, tasks).ok
 
 
@@ -199,7 +199,7 @@ def test_a_stale_start_mark_does_not_count(queue: Queue) -> None:
     queue.submit(["shell:1:0:0:a", "shell:1:0:0:b"])
     [a, b] = queue.claim("w", inc, 2, ROOMY).tasks
     queue.settle("w", inc, [], 0, ROOMY, 2, [(a.line, "someone-else:1"), (b.line, b.token)])
-    assert queue.r.hgetall(queue.keys.started) == {b.line: b.token}
+    assert {t: h.started for t, h in queue.holdings().items()} == {a.line: False, b.line: True}
 
 
 def test_buffered_tasks_of_killed_workers_never_fail_as_poison(queue: Queue) -> None:
@@ -237,12 +237,12 @@ def test_unfit_tasks_at_the_head_do_not_block_the_rest(queue: Queue) -> None:
 
 def test_unpipelined_claim_abandoned_midway_is_recovered_by_the_reaper(queue: Queue) -> None:
     """DistComp's own claim loses a task if the worker dies between HDEL and HSET; ours writes
-    the owned set first, so any prefix of the steps leaves something the reaper can return."""
-    register(queue, "crash")
+    the claim first, so any prefix of the steps leaves something the reaper can return."""
+    inc = register(queue, "crash")
     queue.submit(["shell:1:0:0:x"])
     k = queue.keys
-    queue.r.sadd(k.owned("crash"), "shell:1:0:0:x")
-    queue.r.zrem(k.todo_index, "shell:1:0:0:x")  # ... and the worker dies here
+    queue.r.hsetnx(k.in_progress_tasks, "shell:1:0:0:x", Holding(f"{inc}:1", 0, False, "crash").text())
+    queue.r.zrem(k.todo_tasks, todo_member("shell:1:0:0:x", 1, 1))  # ... and the worker dies here
     queue.r.delete(k.lease("crash"))
     assert queue.reap()[0] == 1
     assert queue.todo_in_order() == ["shell:1:0:0:x"]
@@ -280,7 +280,7 @@ def test_reset_deletes_only_this_queue(queue: Queue, redis_url: str) -> None:
     queue.submit(["shell:1:0:0:x"])
     claim(queue, "w", 1, True)
     manager.reset(queue)
-    assert queue.r.exists(queue.keys.todo_index, queue.keys.owned("w"), queue.keys.lease("w")) == 0
+    assert queue.r.exists(queue.keys.todo_tasks, queue.keys.in_progress_tasks, queue.keys.lease("w")) == 0
     assert other.counts()["todo"] == 1
     manager.reset(other)
 
@@ -318,7 +318,7 @@ def test_a_woken_old_incarnation_does_not_hide_the_new_ones_task(queue: Queue, p
     [(_, new)] = claim(queue, "n", 1, pipelined)  # the new incarnation holds it again
     assert report(queue, "n", Report(task, old, "finished", "late"), pipelined) == STALE
     assert queue.requeue("n", [(task, old)]) == 0
-    assert queue.owned("n") == {task}
+    assert queue.held_by("n") == {task}
     queue.r.delete(queue.keys.lease("n"))  # the new one dies too: the reaper must find the task
     assert queue.reap()[0] == 1
     assert audit(queue).ok

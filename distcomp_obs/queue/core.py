@@ -20,12 +20,26 @@ from distcomp_obs.errors import QueueLayoutError
 from distcomp_obs.keys import Keys
 from distcomp_obs.metrics import WorkerMetrics
 from distcomp_obs.queue import scripts
-from distcomp_obs.records import LAYOUT, Claimed, ClaimLimits, ClaimResult, Heartbeat, Report, ReportCode, Snapshot
+from distcomp_obs.records import (
+    LAYOUT,
+    Claimed,
+    ClaimLimits,
+    ClaimResult,
+    DoneRecord,
+    Heartbeat,
+    Holding,
+    Report,
+    ReportCode,
+    Snapshot,
+    parse_meta,
+)
 from distcomp_obs.redis_io import RoundTrips
 
 T = TypeVar("T")
 SUBMIT_BATCH = 1000
 STATES = ("todo", "in_progress", "finished", "failed")
+#: Keys of layouts up to 2 (`<prefix>:<record>`, no hash tag) that only a queue with tasks has.
+LEGACY_RECORDS = ("task_meta", "layout", "todo_index", "finished_tasks")
 
 
 class Queue:
@@ -61,16 +75,23 @@ class Queue:
 
     # --- layout --------------------------------------------------------------------------------
     def check_layout(self) -> None:
-        """Refuse a queue whose records were written by an older layout: its waiting tasks are not
-        in the claim-by-class index, so claims would never see them (misread, never lost)."""
+        """Refuse a queue whose records were written by an older layout (claims would never see
+        its waiting tasks: misread, never lost). Layouts up to 2 named keys `<prefix>:<record>`,
+        without the hash tag, so those are looked for too."""
         if self._layout_ok:
             return
+        untagged = self.keys.prefix
         pipe = self.r.pipeline(transaction=False)
         pipe.get(self.keys.layout)
-        pipe.hlen(self.keys.task_meta)
+        pipe.hlen(self.keys.tasks)
         layout, known = pipe.execute()
         if layout is None and int(known) == 0:
-            return  # empty: the first submit records the layout
+            try:
+                if not any(self.r.exists(untagged + name) for name in LEGACY_RECORDS):
+                    return  # empty: the first submit records the layout
+                layout = self.r.get(untagged + "layout")
+            except redis.exceptions.NoPermissionError:
+                return  # an ACL user limited to `{prefix}:*` keys cannot have written the old ones
         if layout is None or _text(layout) != str(LAYOUT):
             found = "an older distcomp-obs" if layout is None else f"record layout {_text(layout)}"
             raise QueueLayoutError(
@@ -119,8 +140,19 @@ class Queue:
     def leave(self, worker: str, incarnation: str) -> int:
         return self._run("heartbeat", "leave", worker, [worker, incarnation], int)
 
-    def owned(self, worker: str) -> set[str]:
-        return set(_texts(self.rt.call("reconcile", 1, self._members, self.keys.owned(worker))))
+    def held_by(self, worker: str) -> set[str]:
+        """Tasks Redis records as held by this worker name (a walk of in_progress_tasks: restart
+        and reconciliation only)."""
+        return self.rt.call("reconcile", 1, lambda: set(self.holdings(worker)))
+
+    def holdings(self, worker: str | None = None) -> dict[str, Holding]:
+        """task -> who holds it, for every claimed task (or one worker's)."""
+        out = {}
+        for task, value in self.r.hscan_iter(self.keys.in_progress_tasks, count=1000):
+            held = Holding.parse(_text(value))
+            if worker is None or held.worker == worker:
+                out[_text(task)] = held
+        return out
 
     # --- claim and report: one atomic round trip each -----------------------------------------
     def claim(self, worker: str, incarnation: str, n: int, limits: ClaimLimits) -> ClaimResult:
@@ -142,10 +174,14 @@ class Queue:
         round trip."""
         args: list[Any] = [worker, incarnation, claim_n, limits.free_dram_gb, limits.cpus, limits.window]
         args += [max_retry, len(reports)]
+        reported = set()
         for rep in reports:
-            args += [rep.task, rep.token, rep.outcome, rep.payload]
-        args.append(len(started))
-        for task, token in started:
+            args += [rep.task, rep.token, rep.outcome, rep.payload, rep.detail]
+            reported.add(rep.task)
+        # A task reported here needs no start mark: its report releases it anyway.
+        marks = [(task, token) for task, token in started if task not in reported]
+        args.append(len(marks))
+        for task, token in marks:
             args += [task, token]
         op = "claim" if claim_n and not reports else "report"
         return self._run(op, "settle", worker, args, _settle_result)
@@ -171,17 +207,29 @@ class Queue:
             return 0, 0
         extra: list[str] = []
         for name in names:
-            extra += [self.keys.lease(name), self.keys.owned(name)]
+            extra.append(self.keys.lease(name))
         args = [uuid.uuid4().hex, lock_ms, max_tasks, max_reaps, int(forget_after_s * 1000), *names]
         return self._run("reap", "reap", "-", args, _int_pair, extra)
+
+    # --- retention --------------------------------------------------------------------------
+    def retain(self, keep_s: float, keep_count: int, max_events: int = 200) -> int:
+        """Forget the oldest done tasks beyond `keep_s` seconds or `keep_count` tasks (0: no
+        limit); returns how many (expire.lua). Counters are kept forever."""
+        args = ["retain", int(keep_s * 1000), keep_count, max_events]
+        return self._run("retention", "expire", "-", args, int)
+
+    def forget(self, state: str, tasks: Sequence[str]) -> int:
+        """Forget these tasks if they are in `state` ("finished" | "failed"): records and dedup
+        entry go, so the same lines may be submitted again."""
+        return self._run("retention", "expire", "-", [state, *tasks], int) if tasks else 0
 
     # --- reads for status, workers, the exporter and the audit --------------------------------
     def counts(self) -> dict[str, int]:
         """Tasks per state, O(1) each."""
         k = self.keys
         pipe = self.r.pipeline(transaction=False)
-        pipe.zcard(k.todo_index)
-        for key in (k.in_progress_tasks, k.finished_tasks, k.failed_final, k.task_meta):
+        pipe.zcard(k.todo_tasks)
+        for key in (k.in_progress_tasks, k.finished_tasks, k.failed_final, k.tasks):
             pipe.hlen(key)
         todo, running, finished, failed, known = (int(n) for n in pipe.execute())
         return {"todo": todo, "in_progress": running, "finished": finished, "failed": failed, "known": known}
@@ -191,45 +239,34 @@ class Queue:
 
     def oldest_ages_s(self) -> dict[str, float | None]:
         """Age in seconds of the oldest waiting and the oldest running task (server time)."""
-        k = self.keys
-        pipe = self.r.pipeline(transaction=False)
-        pipe.time()
-        pipe.zrange(k.todo_age, 0, 0, withscores=True)
-        pipe.zrange(k.in_progress_age, 0, 0, withscores=True)
-        (sec, usec), todo, running = pipe.execute()
-        now_ms = sec * 1000 + usec / 1000
+        todo, running = self._run("read", "ages", "-", [], _int_pair)
         return {
-            "todo": (now_ms - todo[0][1]) / 1000 if todo else None,
-            "in_progress": (now_ms - running[0][1]) / 1000 if running else None,
+            "todo": todo / 1000 if todo >= 0 else None,
+            "in_progress": running / 1000 if running >= 0 else None,
         }
 
     def snapshot(self) -> Snapshot:
-        """What the exporter serves, in two pipelined round trips of O(1) + O(workers) commands:
-        lengths (ZCARD/HLEN), the Redis-kept counters, the head of each age index and the
-        registry. Nothing here walks the tasks, so a 1,000,000-task queue costs the same."""
+        """What the exporter serves, in three round trips: lengths (ZCARD/HLEN), the Redis-kept
+        counters, the registry and the oldest ages (ages.lua: a step per resource class and
+        priority in use, and a walk of the claimed tasks only). Waiting and done tasks are never
+        walked, so a 1,000,000-task queue costs the same."""
         k = self.keys
+        ages = self.oldest_ages_s()
         pipe = self.r.pipeline(transaction=False)
-        pipe.zcard(k.todo_index)
+        pipe.zcard(k.todo_tasks)
         pipe.hlen(k.in_progress_tasks)
         pipe.hlen(k.finished_tasks)
         pipe.hlen(k.failed_final)
         pipe.hgetall(k.stats)
         pipe.time()
-        pipe.zrange(k.todo_age, 0, 0, withscores=True)
-        pipe.zrange(k.in_progress_age, 0, 0, withscores=True)
         pipe.smembers(k.workers)
         pipe.smembers(k.todo_classes)
-        todo, running, finished, failed, stats, (sec, usec), oldest_todo, oldest_running, names, classes = (
-            pipe.execute()
-        )
+        todo, running, finished, failed, stats, (sec, usec), names, classes = pipe.execute()
         now_s = sec + usec / 1e6
         return Snapshot(
             counts={"todo": int(todo), "in_progress": int(running), "finished": int(finished), "failed": int(failed)},
             stats={name: int(v) for name, v in stats.items()},
-            oldest_age_s={
-                "todo": max(0.0, now_s - oldest_todo[0][1] / 1000) if oldest_todo else None,
-                "in_progress": max(0.0, now_s - oldest_running[0][1] / 1000) if oldest_running else None,
-            },
+            oldest_age_s=ages,
             workers=self._statuses(sorted(names), held=False),
             server_time_s=now_s,
             classes=self._class_counts(_texts(classes)),
@@ -243,28 +280,39 @@ class Queue:
         pipe.hmget(self.keys.worker_status, names)
         for name in names:
             pipe.pttl(self.keys.lease(name))
-            if held:
-                pipe.scard(self.keys.owned(name))
-        statuses, *rest = pipe.execute()
-        step = 2 if held else 1
+        statuses, *ttls = pipe.execute()
+        counts: dict[str, int] = {}
+        if held:
+            for holding in self.holdings().values():
+                counts[holding.worker] = counts.get(holding.worker, 0) + 1
         out: dict[str, dict[str, Any]] = {}
-        for i, (name, raw) in enumerate(zip(names, statuses, strict=True)):
+        for name, raw, ttl in zip(names, statuses, ttls, strict=True):
             info: dict[str, Any] = json.loads(raw) if raw else {}
-            info["live"] = int(rest[step * i]) > 0
+            info["live"] = int(ttl) > 0
             if held:
-                info["held"] = int(rest[step * i + 1])
+                info["held"] = counts.get(name, 0)
             out[name] = info
         return out
 
     def list_state(self, state: str) -> dict[str, str]:
-        """task -> detail for one state (todo: submit ms, in_progress: worker, finished: stdout, failed: reason)."""
-        key = {
-            "todo": self.keys.todo_tasks,
-            "in_progress": self.keys.in_progress_tasks,
-            "finished": self.keys.finished_tasks,
-            "failed": self.keys.failed_final,
-        }[state]
-        return {_text(task): _text(detail) for task, detail in self.r.hscan_iter(key, count=1000)}
+        """task -> detail for one state (todo: "", in_progress: worker, finished: stdout, failed: reason)."""
+        k = self.keys
+        if state == "todo":
+            return {_text(m).split("|", 2)[2]: "" for m, _ in self.r.zscan_iter(k.todo_tasks, count=1000)}
+        if state == "in_progress":
+            return {task: held.worker for task, held in self.holdings().items()}
+        key = {"finished": k.finished_tasks, "failed": k.failed_final}[state]
+        return {_text(task): DoneRecord.parse(_text(v)).body for task, v in self.r.hscan_iter(key, count=1000)}
+
+    def records(self, state: str) -> dict[str, DoneRecord]:
+        """task -> its done record, for "finished" or "failed" tasks."""
+        key = {"finished": self.keys.finished_tasks, "failed": self.keys.failed_final}[state]
+        return {_text(task): DoneRecord.parse(_text(v)) for task, v in self.r.hscan_iter(key, count=1000)}
+
+    def meta(self, task: str) -> tuple[int, int, str] | None:
+        """(seq, submitted µs, trace) of a known task, None if unknown."""
+        raw = self.r.hget(self.keys.tasks, task)
+        return parse_meta(_text(raw)) if raw is not None else None
 
     def waiting_classes(self) -> dict[str, int]:
         """Waiting tasks per resource class ("min_dram_gb:min_cpu"), classes with none left out."""
@@ -275,13 +323,15 @@ class Queue:
             return {}
         pipe = self.r.pipeline(transaction=False)
         for cls in classes:
-            pipe.zlexcount(self.keys.todo_by_class, f"[{cls}|", f"({cls}|~")
+            pipe.zlexcount(self.keys.todo_tasks, f"[{cls}|", f"({cls}|~")
         counts = {cls: int(n) for cls, n in zip(classes, pipe.execute(), strict=True)}
         return {cls: n for cls, n in counts.items() if n > 0}
 
     def todo_in_order(self, limit: int | None = None) -> list[str]:
-        tasks: Any = self.r.zrange(self.keys.todo_index, 0, -1 if limit is None else limit - 1)
-        return _texts(tasks)
+        """Waiting tasks in claim order (across resource classes: by claim score)."""
+        members = [_text(m) for m, _ in self.r.zscan_iter(self.keys.todo_tasks, count=1000)]
+        ordered = [task for _, task in sorted(m.split("|", 1)[1].split("|", 1) for m in members)]
+        return ordered if limit is None else ordered[:limit]
 
     def workers(self) -> dict[str, dict[str, Any]]:
         """Registered workers with their last heartbeat, whether their lease is alive, tasks held."""

@@ -4,47 +4,43 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+
+import redis
 
 from distcomp_obs.queue.core import Queue
 
 DELETE_BATCH = 500
+#: Every fixed key of record layout 2, deleted by `reset` with the current ones.
+LEGACY_NAMES = ("todo_index", "todo_tasks", "todo_age", "todo_by_class", "todo_classes", "in_progress_tasks",
+                "in_progress_age", "claims", "settled", "finished_tasks", "failed_tasks", "task_fail_reason",
+                "failed_final", "attempts", "reap_count", "terminal_count", "started", "events", "stats",
+                "task_meta", "seq", "epoch", "layout", "workers", "worker_status", "reap_lock",
+                "stop_requested")  # fmt: skip
 
 
-def _forget(
-    q: Queue, tasks: list[str], hashes: Sequence[str], after_each: Callable[[list[str]], object] | None = None
-) -> None:
-    """Delete these tasks' fields from `hashes`, one transaction per batch, then call
+def _forget(q: Queue, state: str, tasks: list[str], after_each: Callable[[list[str]], object] | None = None) -> int:
+    """Forget these tasks if still in `state`, one atomic script per batch, then call
     `after_each(batch)` (retry-failed resubmits each batch right after forgetting it)."""
+    forgotten = 0
     for start in range(0, len(tasks), DELETE_BATCH):
         chunk = tasks[start : start + DELETE_BATCH]
-        pipe = q.r.pipeline(transaction=True)
-        for key in hashes:
-            pipe.hdel(key, *chunk)
-        pipe.execute()
+        forgotten += q.forget(state, chunk)
         if after_each is not None:
             after_each(chunk)
+    return forgotten
 
 
 def retry_failed(q: Queue) -> int:
     """Put every failed-for-good task back in todo with a clean failure history. The stats
     counters are never decremented (the exporter serves them as Prometheus counters, and a
     decrease reads as a reset): a retry counts as a new submission."""
-    tasks = list(q.list_state("failed"))
-    k = q.keys
-    hashes = (k.failed_final, k.failed_tasks, k.attempts, k.reap_count, k.terminal_count, k.settled, k.task_meta)
-    _forget(q, tasks, hashes, after_each=q.submit)
-    return len(tasks)
+    return _forget(q, "failed", list(q.list_state("failed")), after_each=q.submit)
 
 
 def purge_finished(q: Queue) -> int:
     """Forget finished tasks (so the same lines can be submitted again)."""
-    tasks = list(q.list_state("finished"))
-    k = q.keys
-    hashes = (k.finished_tasks, k.task_meta, k.terminal_count, k.settled, k.attempts, k.failed_tasks,
-              k.task_fail_reason, k.reap_count)  # fmt: skip
-    _forget(q, tasks, hashes)
-    return len(tasks)
+    return _forget(q, "finished", list(q.list_state("finished")))
 
 
 def requeue_dead(q: Queue, older_than_s: float) -> tuple[list[str], int]:
@@ -79,10 +75,26 @@ def clear_stop(q: Queue) -> None:
     q.r.delete(q.keys.stop_requested)
 
 
+def legacy_keys(q: Queue) -> list[str]:
+    """Keys a queue of record layout 2 or older left under this prefix (no hash tag)."""
+    untagged = q.keys.prefix
+    try:
+        names = [_text(n) for n in q.r.smembers(untagged + "workers")]
+    except redis.exceptions.NoPermissionError:
+        return []  # an ACL user limited to `{prefix}:*` keys cannot have written them
+    return [untagged + name for name in LEGACY_NAMES] + [
+        f"{untagged}{kind}:{name}" for name in names for kind in ("owned", "worker_lease")
+    ]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def reset(q: Queue) -> int:
     """Delete this queue's keys only (never FLUSHALL/FLUSHDB/KEYS), in batches."""
     names = list(q.workers())
-    doomed = q.keys.queue_keys() + [q.keys.owned(n) for n in names] + [q.keys.lease(n) for n in names]
+    doomed = q.keys.queue_keys() + [q.keys.lease(n) for n in names] + legacy_keys(q)
     deleted = 0
     for start in range(0, len(doomed), DELETE_BATCH):
         deleted += int(q.r.unlink(*doomed[start : start + DELETE_BATCH]))

@@ -9,10 +9,10 @@ from __future__ import annotations
 from importlib import resources
 
 from distcomp_obs.keys import FIRST_EXTRA_KEY, SCRIPT_KEYS
-from distcomp_obs.records import EVENTS_MAXLEN, LAYOUT, ReportCode
+from distcomp_obs.records import LAYOUT, ReportCode
 from distcomp_obs.task import MAX_PRIORITY
 
-SCRIPT_NAMES = ("claim", "settle", "requeue", "heartbeat", "reap", "submit", "leave")
+SCRIPT_NAMES = ("claim", "settle", "requeue", "heartbeat", "reap", "submit", "leave", "expire", "ages")
 
 
 def preamble() -> str:
@@ -24,7 +24,6 @@ def preamble() -> str:
         f"local FIRST_EXTRA_KEY = {FIRST_EXTRA_KEY}\n"
         f"local CODE = {{{codes}}}\n"
         f"local MAX_PRIORITY = {MAX_PRIORITY}\n"
-        f"local EVENTS_MAXLEN = {EVENTS_MAXLEN}\n"
         f"local LAYOUT = '{LAYOUT}'\n"
     )
 

@@ -3,6 +3,8 @@
 - heartbeat: renew the lease (covering buffered and running tasks) and publish the status;
 - reap: return the tasks of dead workers (leaderless: each worker reaps about every
   W x reap_interval_s, so the deployment reaps about once per interval whatever its size);
+- retention: forget done tasks' records past keep_done_s / keep_done (same cadence as reap;
+  each call walks at most a few hundred batches, so it never blocks Redis for long);
 - memory: read free memory for admission and claims; below the floor kill the newest task.
 
 The thread never waits on a task. Redis errors only move the chore's next time.
@@ -67,6 +69,7 @@ class Chores:
         self.table = [
             Chore("heartbeat", self._beat, min(1.0, settings.heartbeat_interval_s)),
             Chore("reap", self._reap, settings.heartbeat_interval_s),
+            Chore("retention", self._retain, settings.heartbeat_interval_s),
             Chore("memory", self._watch_memory, TICK_S),
         ]
 
@@ -161,6 +164,17 @@ class Chores:
             log.warning("reaper: returned %d task(s) of dead workers, failed %d poison task(s)", returned, failed)
         # Leaderless but not noisy: with W workers each reaps every W intervals (jittered).
         return self.s.reap_interval_s * max(1, len(self.registered)) * self.rng.uniform(0.5, 1.5)
+
+    # --- retention ---------------------------------------------------------------------------
+    def _retain(self) -> float:
+        every = self.s.reap_interval_s * max(1, len(self.registered)) * self.rng.uniform(0.5, 1.5)
+        if not self.s.keep_done_s and not self.s.keep_done:
+            return every
+        forgotten = self.q.retain(self.s.keep_done_s, self.s.keep_done)
+        if forgotten:
+            log.info("retention: forgot %d done task(s) past keep_done_s/keep_done", forgotten)
+            return 0.0 if forgotten >= 1000 else every  # more may be due: go on soon
+        return every
 
     # --- memory --------------------------------------------------------------------------------
     def _watch_memory(self) -> float:

@@ -29,6 +29,9 @@ class Outcome:
     ok: bool
     output: str  # stdout on success, the reason on failure
     killed_for: str = ""  # set when the worker killed it (memory_pressure, shutdown): return, not fail
+    exit_code: int | None = None  # the process's (negative: killed by that signal); None: no process
+    stdout_tail: str = ""  # a failed task's stdout (its reason holds the stderr tail)
+    stderr_tail: str = ""  # a finished task's stderr
 
 
 def bounded_text(data: bytes, limit: int, keep_tail: bool = False) -> str:
@@ -111,14 +114,15 @@ def _wait(proc: subprocess.Popen[bytes], running: Running, timeout_s: float, out
         code = proc.wait()
     if running.kill_reason and running.kill_reason != "timeout":
         return Outcome(False, f"killed by the worker ({running.kill_reason})", running.kill_reason)
+    stderr = _read(err, output_limit, tail=True)
     if running.kill_reason == "timeout":
-        return Outcome(
-            False, f"timed out after {timeout_s:g}s (task_timeout_s); stderr: {_read(err, output_limit, tail=True)}"
-        )
+        reason = f"timed out after {timeout_s:g}s (task_timeout_s); stderr: {stderr}"
+        return Outcome(False, reason, exit_code=code, stdout_tail=_read(out, output_limit, tail=True))
     if code == 0:
-        return Outcome(True, _read(out, output_limit, tail=False))
+        return Outcome(True, _read(out, output_limit, tail=False), exit_code=0, stderr_tail=stderr)
     cause = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-    return Outcome(False, f"{cause}; stderr: {_read(err, output_limit, tail=True)}".strip())
+    return Outcome(False, f"{cause}; stderr: {stderr}".strip(), exit_code=code,
+                   stdout_tail=_read(out, output_limit, tail=True))  # fmt: skip
 
 
 def _run_builtin(task: Task, running: Running, timeout_s: float) -> Outcome:

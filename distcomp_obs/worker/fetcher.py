@@ -246,7 +246,7 @@ class Fetcher:
     def _reconcile(self) -> None:
         """After a connection error a claim may have happened without us seeing the reply:
         give back whatever Redis says we own that we do not hold."""
-        owned = self.q.owned(self.name)
+        owned = self.q.held_by(self.name)
         # Snapshot in the order tasks flow (buffer -> running -> results), so a task moving on
         # meanwhile is still seen; results not yet collected are ours too (returning those made
         # finished tasks run twice: test_lost_reply_is_reconciled[report]).

@@ -153,7 +153,7 @@ class Worker:
             chores.epoch = q.ensure_epoch()
             chores.heartbeat_once()
             # A previous incarnation under this name may have died holding tasks: give them back.
-            previous = q.owned(self.name)
+            previous = q.held_by(self.name)
             if previous:
                 n = q.requeue(self.name, [(t, "") for t in previous], op="return", max_reaps=self.s.max_reaps)
                 self.m.tasks_returned.labels("restart").inc(n)

@@ -8,6 +8,7 @@ batch, which then waits out the coalescing window itself instead of being woken 
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -29,9 +30,26 @@ class Result:
     trace: tracing.TaskTrace | None = None  # its spans, when tracing is on
 
     def report(self) -> Report:
-        if self.outcome.ok:
-            return Report(self.held.line, self.held.token, "finished", self.outcome.output)
-        return Report(self.held.line, self.held.token, "failed", self.outcome.output or "failed without a message")
+        o = self.outcome
+        if o.ok:
+            return Report(self.held.line, self.held.token, "finished", o.output, self.detail())
+        return Report(self.held.line, self.held.token, "failed", o.output or "failed without a message", self.detail())
+
+    def detail(self) -> str:
+        """What the record keeps of this attempt beyond its output: duration, how long ago it
+        ended (the script turns that into server time: no worker clock is trusted), exit code,
+        and the other stream's tail."""
+        o = self.outcome
+        fields: dict[str, object] = {"ms": round(self.duration_s * 1000, 3)}
+        if self.done_at:
+            fields["ago_ms"] = round((time.monotonic() - self.done_at) * 1000)
+        if o.exit_code is not None:
+            fields["exit"] = o.exit_code
+        if o.stderr_tail:
+            fields["stderr"] = o.stderr_tail
+        if o.stdout_tail:
+            fields["stdout"] = o.stdout_tail
+        return json.dumps(fields, separators=(",", ":"))
 
 
 class Results:
