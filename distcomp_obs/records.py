@@ -45,9 +45,10 @@ _OUTCOMES = {
 }
 
 
-def claim_score(priority: int, seq: int) -> int:
-    """Claim order: highest priority first, FIFO (submit order) within one."""
-    return (MAX_PRIORITY - priority) * 2**32 + seq
+def claim_key(priority: int, seq: int) -> str:
+    """Claim order as 17 digits that sort as text: highest priority first (MAX_PRIORITY - priority
+    in 7 digits), FIFO (the submit order `seq`, 10 digits) within one."""
+    return f"{MAX_PRIORITY - priority:07d}{seq:010d}"
 
 
 def resource_class(line: str) -> str:
@@ -58,7 +59,7 @@ def resource_class(line: str) -> str:
 
 def todo_member(line: str, priority: int, seq: int) -> str:
     """A waiting task's member in todo_tasks (lua/lib.lua `member` makes the same)."""
-    return f"{resource_class(line)}|{claim_score(priority, seq):017d}|{line}"
+    return f"{resource_class(line)}|{claim_key(priority, seq)}|{line}"
 
 
 @dataclass(slots=True)
@@ -143,7 +144,7 @@ class Report:
     token: str
     outcome: str  # "finished" | "failed"
     payload: str  # stdout on success, the reason on failure
-    detail: str = ""  # JSON object of what the worker measured (exit, ms, err, out), kept in the record
+    detail: str = ""  # what the worker measured (ms, ago_ms, exit, stderr/stdout tails): JSON object members, no braces
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from distcomp_obs.errors import DistcompError, TaskLineError
 
-#: Highest accepted priority. Scores are ``(MAX_PRIORITY - priority) * 2**32 + seq`` and must
-#: stay below 2**53 to be exact in a Redis sorted-set double.
+#: Highest accepted priority (the lowest is 0): the claim key writes ``MAX_PRIORITY - priority``
+#: in 7 digits (records.claim_key).
 MAX_PRIORITY = 1_000_000
 #: Longest accepted task line in bytes (UTF-8); a task line is a Redis hash field and a label
 #: in logs, so a multi-megabyte line is almost surely a mistake.

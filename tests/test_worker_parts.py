@@ -17,7 +17,7 @@ from distcomp_obs.config import Settings
 from distcomp_obs.keys import FIRST_EXTRA_KEY, SCRIPT_KEYS, Keys
 from distcomp_obs.metrics import WorkerMetrics
 from distcomp_obs.queue import scripts
-from distcomp_obs.records import Claimed, ReportCode, claim_score
+from distcomp_obs.records import Claimed, ReportCode, claim_key
 from distcomp_obs.task import MAX_PRIORITY, Task, TaskType, parse_line
 from distcomp_obs.worker import policy
 from distcomp_obs.worker.buffer import Held, PrefetchBuffer, make_held
@@ -210,7 +210,7 @@ def test_codes_and_score_are_shared_with_the_scripts() -> None:
         assert f"{code.name} = {code.value}" in text
     assert f"MAX_PRIORITY = {MAX_PRIORITY}" in text
     task = parse_line("shell:7:0:0:x")
-    assert claim_score(task.priority, 3) == (MAX_PRIORITY - 7) * 2**32 + 3
+    assert claim_key(task.priority, 3) == f"{MAX_PRIORITY - 7:07d}0000000003"
 
 
 # --- pace: task durations and claim round trips size the buffer (issue 10) -----------------------

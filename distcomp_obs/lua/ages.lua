@@ -14,11 +14,10 @@ for _, class in ipairs(redis.call('SMEMBERS', K.todo_classes)) do
     steps = steps + 1
     local head = redis.call('ZRANGEBYLEX', K.todo_tasks, lo, hi, 'LIMIT', 0, 1)[1]
     if not head then break end
-    local value = tonumber(string.sub(head, #class + 2, #class + 18))
-    local group = math.floor(value / GROUP)
-    local seq = value - group * GROUP
+    local group = tonumber(string.sub(head, #class + 2, #class + 8))
+    local seq = tonumber(string.sub(head, #class + 9, #class + 18))
     if not best_seq or seq < best_seq then best_seq, best_task = seq, string.sub(head, #class + 20) end
-    lo = '[' .. class .. '|' .. string.format('%017.0f', (group + 1) * GROUP)
+    lo = '[' .. class .. '|' .. string.format('%07d', group + 1)
   end
 end
 local todo_age = -1

@@ -4,9 +4,10 @@
 -- ARGV[1] worker  ARGV[2] incarnation  ARGV[3] claim n (0 = report only)  ARGV[4] free_dram_gb
 -- ARGV[5] cpus  ARGV[6] window  ARGV[7] max_retry  ARGV[8] number of reports r,
 -- then r groups of 5: task, token, outcome (finished|failed), payload (stdout or reason),
--- detail (JSON object of what the worker measured, or ''),
+-- detail (the members of a JSON object of what the worker measured, without braces, or ''),
 -- then s (tasks started since the last settle) and s pairs: task, token (see maybe_running).
--- Returns {lease_ok (1/-1), remaining, {code per report}, task1, token1, meta1, ...}
+-- Returns {lease_ok (1/-1), remaining, {code per report}, token, task1, meta1, ...} (no token when nothing
+-- was claimed)
 -- with a CODE per report.
 local now = now_ms()
 local worker = ARGV[1]
@@ -26,9 +27,9 @@ local finished, rest, seen = {}, {}, {}
 for i = 0, r - 1 do
   local b = 9 + i * 5
   local task, token = ARGV[b], ARGV[b + 1]
-  local ours = token_of(current[i + 1]) == token and not seen[task]
+  local ours = holds(current[i + 1], token) and not seen[task]
   if ours and ARGV[b + 2] == 'finished' then
-    finished[#finished + 1] = {task, token, ARGV[b + 3], ARGV[b + 4]}
+    finished[#finished + 1] = b
     codes[i + 1] = CODE.FINISHED
   elseif ours then
     rest[#rest + 1] = i

@@ -368,16 +368,20 @@ def _texts(values: Iterable[bytes | str]) -> list[str]:
 
 
 def _claimed(flat: Sequence[str]) -> list[Claimed]:
-    return [Claimed.from_reply(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+    """token, task1, meta1, task2, meta2, ... (one claim token for the batch) or nothing."""
+    if not flat:
+        return []
+    token = flat[0]
+    return [Claimed.from_reply(flat[i], token, flat[i + 1]) for i in range(1, len(flat), 2)]
 
 
 def _claim_result(raw: list[Any]) -> ClaimResult:
-    """claim.lua: {status (1 ok, -1 lease lost), remaining, task, token, meta, ...}."""
+    """claim.lua: {status (1 ok, -1 lease lost), remaining, token, task, meta, ...}."""
     return ClaimResult(raw[0] == 1, int(raw[1]), _claimed(raw[2:]))
 
 
 def _settle_result(raw: list[Any]) -> ClaimResult:
-    """settle.lua: {status, remaining, {code per report}, task, token, meta, ...}."""
+    """settle.lua: {status, remaining, {code per report}, token, task, meta, ...}."""
     return ClaimResult(raw[0] == 1, int(raw[1]), _claimed(raw[3:]), [ReportCode(int(c)) for c in raw[2]])
 
 

@@ -152,4 +152,5 @@ def _json_load(raw: str) -> dict[str, Any]:
 
 
 def _detail(detail: str) -> dict[str, Any]:
-    return _json_load(detail) if detail else {}
+    """A report's detail is the members of a JSON object, without its braces."""
+    return _json_load("{" + detail + "}") if detail else {}

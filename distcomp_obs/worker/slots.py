@@ -56,7 +56,7 @@ class SlotPool:
         self.cores = cores
         self.stopping = stopping  # the worker's: no more tasks start once set
         self._lock = threading.Lock()
-        self._running: dict[str, tuple[Held, Running]] = {}  # token -> task in a slot
+        self._running: dict[tuple[str, str], tuple[Held, Running]] = {}  # (line, token) -> task in a slot
         self._unreported: list[tuple[str, str]] = []  # (task, token) started since the last settle
         self._unreported_since = 0.0  # time.monotonic() of the oldest of them
         self._threads: list[threading.Thread] = []
@@ -140,7 +140,7 @@ class SlotPool:
     def _started(self, held: Held, running: Running) -> None:
         held.started_at = time.time()
         with self._lock:
-            self._running[held.token] = (held, running)
+            self._running[(held.line, held.token)] = (held, running)
             first = not self._unreported
             if first:
                 self._unreported_since = time.monotonic()
@@ -169,7 +169,7 @@ class SlotPool:
         if tt is not None and tracer is not None:
             tracer.ran(tt, outcome.ok, outcome.output)
         with self._lock:
-            self._running.pop(held.token, None)
+            self._running.pop((held.line, held.token), None)
             self.m.slots_busy.set(len(self._running))
         if outcome.killed_for:
             self.give_back([held], outcome.killed_for)
