@@ -20,7 +20,7 @@ REDIS_ERRORS = ("connection", "timeout", "response", "script")
 TASK_TYPES = ("shell", "python", "builtin")
 OUTCOMES = ("finished", "failed", "retried")
 #: why claimed tasks go back unfinished (a task that times out is failed, not returned)
-RETURN_REASONS = ("sigterm", "memory_pressure", "restart", "reconcile", "shutdown")
+RETURN_REASONS = ("sigterm", "memory_pressure", "restart", "reconcile", "shutdown", "lease_gap")
 SLEEP_REASONS = ("fixed_interval", "idle_backoff", "blocking_wait", "buffer_full", "redis_down")
 BUFFER_EVENTS = ("take", "refill")
 

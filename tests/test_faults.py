@@ -416,6 +416,43 @@ def test_frozen_worker_late_reports_rejected_as_stale(queue: Queue, start_worker
     assert_audit(queue, tasks)
 
 
+def test_frozen_worker_never_starts_its_stale_buffer(queue: Queue, start_worker: StartWorker, tmp_path: Path) -> None:
+    """Issue 11 case 1: a worker frozen past its lease while holding a deep buffer. The others reap
+    and run those tasks; when it wakes its slots are free and its buffer full, and it must start
+    none of them (it did: ~200 duplicates). Duplicates are bounded by what was running at the cut."""
+    log = tmp_path / "exec.log"
+    a = start_worker("--concurrency", "2", "--prefetch", "200", name="a")
+    warm = warm_up(queue)  # µs tasks seen: the buffer target is --prefetch
+    q = shlex.quote(str(log))
+    running = [f"shell:1:0:0:echo {i} >> {q}; [ -e {q}.m{i} ] || {{ touch {q}.m{i}; sleep 1; echo end >> {q}.ends; }}"
+               for i in range(2)]  # fmt: skip
+    queue.submit(running)
+    wait_until(lambda: running_count(log) == 2, 20, what="a runs the two long tasks")
+    buffered = [logged_task(i, log) for i in range(2, 152)]
+    queue.submit(buffered)
+    wait_until(lambda: len(held_by(queue, "a")) >= 100, 20, what="a buffers")
+    a.signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: queue.lease_holder("a")[0] is None, 10, what="a's lease expired")
+        b = start_worker("--concurrency", "2", name="b")
+        wait_done(queue, len(warm) + len(running) + len(buffered), timeout=60)
+        ends = Path(f"{log}.ends")
+        wait_until(lambda: ends.exists() and len(ends.read_text().split()) == 2, 10, what="a's first runs ended")
+    finally:
+        a.signal(signal.SIGCONT)
+    # a's slots are free now: give a wrong worker time to start its stale buffer
+    wait_until(lambda: int(queue.stats().get("stale_reports", 0)) >= 2, 15, what="a's two reports rejected")
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline and max(executions(log).values()) < 3 and running_count(log) <= 154:
+        time.sleep(0.05)
+    assert "Dropped" in a.log()
+    assert a.stop() == 0 and b.stop() == 0
+    counts = executions(log)
+    twice = sorted(int(i) for i, n in counts.items() if n > 1)
+    assert set(twice) <= {0, 1}, f"ran twice beyond the two running at the cut: {twice}"
+    assert_audit(queue, warm + running + buffered)
+
+
 def test_duplicate_worker_name_refused(queue: Queue, start_worker: StartWorker) -> None:
     """F13: a second live worker with the same name exits non-zero with a clear message; the
     first is unaffected."""

@@ -27,6 +27,7 @@ import redis
 
 from distcomp_obs import __version__
 from distcomp_obs.config import Settings
+from distcomp_obs.worker.buffer import Held
 from distcomp_obs.worker.parts import REDIS_DOWN, Parts, Tally
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Chores:
         self.stopping = parts.stopping
         self.tally = tally
         self.request_stop = request_stop
+        self.give_back: Callable[[list[Held], str], None] = lambda held, reason: None  # the fetcher's
         self.metrics_url = ""
         self.started_at = time.time()
         self.epoch: str | None = None
@@ -129,6 +131,7 @@ class Chores:
         }
 
     def heartbeat_once(self) -> None:
+        sent_at = time.monotonic()
         beat = self.q.heartbeat(self.name, self.incarnation, int(self.s.lease_s * 1000), self.status())
         self.registered = beat.workers
         self.liveness.heartbeat_ok_at = time.monotonic()  # for /healthz
@@ -138,9 +141,8 @@ class Chores:
             self.request_stop()
         else:
             if beat.lease == 0:
-                log.warning("worker %s: lease had expired (frozen or cut off?); re-taken. Tasks the reaper "
-                            "returned meanwhile will be rejected when reported", self.name)  # fmt: skip
-            self.lease.renewed()
+                self._after_lease_gap()
+            self.lease.renewed(sent_at)
         if self.epoch and beat.epoch != self.epoch:
             log.critical(
                 "worker %s: the queue's epoch changed (%s -> %s): Redis restarted WITHOUT its data. "
@@ -150,10 +152,22 @@ class Chores:
                 beat.epoch,
             )
             self.epoch = beat.epoch or self.q.ensure_epoch()
+            self.give_back(self.buffer.take_all(), "lease_gap")  # tasks Redis no longer knows: never run
         stop = beat.stop_requested
         if stop and float(stop) > self.started_at and not self.stopping.is_set():
             log.info("worker %s: stop requested by `distcomp stop-workers`: draining", self.name)
             self.request_stop()
+
+    def _after_lease_gap(self) -> None:
+        """Our lease had expired (frozen, cut off): the reaper may have handed our buffered tasks to
+        others, so none of them starts here; those Redis still records as ours (same token) go back
+        to the queue, the rest are someone else's now. Running tasks finish; their reports are
+        fenced. Slots wait meanwhile: the lease is not trusted until renewed below."""
+        dropped = self.buffer.take_all()
+        log.warning("worker %s: lease had expired (frozen or cut off?); re-taken. Dropped %d buffered task(s) "
+                    "(returned if still ours); reports of tasks returned meanwhile will be rejected",
+                    self.name, len(dropped))  # fmt: skip
+        self.give_back(dropped, "lease_gap")
 
     # --- reaper --------------------------------------------------------------------------------
     def _reap(self) -> float:

@@ -40,17 +40,30 @@ class RedisHealth:
 
 
 class Lease:
-    """Whether this process still holds its name's lease (heartbeat and claims both learn it)."""
+    """Whether this process still holds its name's lease (heartbeat and claims both learn it), and
+    until when that is certain: a renewal sent at t keeps the lease on the server until at least
+    t + lease_s, so after that, without a newer renewal, the reaper may have handed our buffered
+    tasks to another worker. Slots start a task only while the lease is `trusted()`."""
 
-    def __init__(self, worker: str) -> None:
+    #: trust a renewal for this share of the lease (the rest absorbs timer and scheduling slack)
+    TRUST = 0.9
+
+    def __init__(self, worker: str, lease_s: float = 15.0) -> None:
         self.worker = worker
+        self.lease_s = lease_s
         self._lock = threading.Lock()
         self._held = True
+        self._trusted_until = time.monotonic() + lease_s * self.TRUST
 
     @property
     def held(self) -> bool:
         with self._lock:
             return self._held
+
+    def trusted(self) -> bool:
+        """Held, and renewed recently enough that no reaper can have returned our tasks."""
+        with self._lock:
+            return self._held and time.monotonic() < self._trusted_until
 
     def lost(self) -> None:
         with self._lock:
@@ -62,9 +75,12 @@ class Lease:
                 self.worker,
             )
 
-    def renewed(self) -> None:
+    def renewed(self, sent_at: float | None = None) -> None:
+        """The server renewed the lease by a heartbeat sent at `sent_at` (time.monotonic())."""
         with self._lock:
             self._held = True
+            if sent_at is not None:
+                self._trusted_until = max(self._trusted_until, sent_at + self.lease_s * self.TRUST)
 
 
 class Liveness:

@@ -64,11 +64,11 @@ class Worker:
         self.results = Results()
         self.wake = WakeSignal()
         self.redis = RedisHealth(self.name)
-        self.lease = Lease(self.name)
+        self.lease = Lease(self.name, settings.lease_s)
         self.liveness = Liveness()
         self.memory = Memory(psutil.virtual_memory().available / GB)
         self.pool = SlotPool(settings, self.buffer, self.results, self.wake, self.m, self.memory,
-                             os.cpu_count() or 1, self.stopping)  # fmt: skip
+                             os.cpu_count() or 1, self.stopping, self.lease)  # fmt: skip
         self.metrics_server: MetricsServer | None = None
         self.registered = False  # set once the name is taken: until then a signal has nothing to drain
 
@@ -92,6 +92,7 @@ class Worker:
                       self.memory, self.m, tracer, self.stopping, self.hard_stop)  # fmt: skip
         fetcher = Fetcher(self.s, self.incarnation, parts)
         chores = Chores(self.s, self.incarnation, parts, fetcher.tally, self.request_stop)
+        chores.give_back = fetcher.give_back
         listener = WakeListener(q, self.wake, self.request_stop)
         # Bind /metrics before registering: a busy port must not leave a registration listed DEAD.
         chores.metrics_url = self._start_metrics()

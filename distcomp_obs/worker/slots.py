@@ -9,6 +9,7 @@ handed back to the queue through `give_back`, not reported.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -21,11 +22,16 @@ from distcomp_obs.worker import policy
 from distcomp_obs.worker.buffer import Held, PrefetchBuffer
 from distcomp_obs.worker.execute import Outcome, Running, run_task
 from distcomp_obs.worker.guard import TaskGuard
+from distcomp_obs.worker.health import Lease
 from distcomp_obs.worker.results import Result, Results
 from distcomp_obs.worker.wake import WakeSignal
 
 log = logging.getLogger(__name__)
 GiveBack = Callable[[list[Held], str], None]
+
+
+#: how often a slot looks again while the lease is in doubt
+LEASE_WAIT_S = 0.1
 
 
 class Memory:
@@ -46,8 +52,10 @@ class SlotPool:
         memory: Memory,
         cores: int,
         stopping: threading.Event,
+        lease: Lease | None = None,
     ) -> None:
         self.s = settings
+        self.lease = lease or Lease(settings.name or "-", math.inf)  # without one (tests): always trusted
         self.buffer = buffer
         self.results = results
         self.wake = wake
@@ -127,8 +135,14 @@ class SlotPool:
 
     def _slot_loop(self) -> None:
         while not self.stopping.is_set():
+            if not self.lease.trusted():  # frozen, cut off or fenced: these tasks may be someone else's now
+                self.stopping.wait(LEASE_WAIT_S)
+                continue
             held, fill = self.buffer.take(self._fits, timeout=1.0)
             if held is None:
+                continue
+            if not self.lease.trusted():  # lost while we waited: the heartbeat decides what is still ours
+                self.buffer.put_many([held])
                 continue
             self.m.buffer_occupancy_tasks.labels("take").observe(fill - 1)
             left = len(self.buffer)
