@@ -28,7 +28,7 @@ from distcomp_obs.config import normalise_prefix
 from distcomp_obs.httpd import MetricsServer
 from distcomp_obs.queue import Queue
 from distcomp_obs.records import Snapshot, unrunnable
-from distcomp_obs.redis_io import connect, redact_url
+from distcomp_obs.redis_io import Client, connect, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def queue_label(prefix: str) -> str:
 class QueueCollector(Collector):
     """Reads every watched queue on each scrape (no cache: a scrape is the freshest truth)."""
 
-    def __init__(self, client: redis.Redis, prefixes: Sequence[str]) -> None:
+    def __init__(self, client: Client, prefixes: Sequence[str]) -> None:
         self.client = client
         self.queues = [Queue(client, p) for p in prefixes]
         self.errors = 0

@@ -38,7 +38,8 @@ from distcomp_obs.audit import AuditReport, audit
 from distcomp_obs.config import WORKER_SETTINGS_ENV, Settings
 from distcomp_obs.errors import DistcompError
 from distcomp_obs.queue import Queue, manager
-from distcomp_obs.redis_io import RedisServer, connect, die_with_parent
+from distcomp_obs.redis_io import connect
+from distcomp_obs.redis_server import RedisServer, die_with_parent
 from distcomp_obs.runprogress import FileCounter, Rate, Summary, show_progress
 from distcomp_obs.runstate import RunLock, StateDir, legacy_state, open_state, pin_redis, record_redis, socket_path
 from distcomp_obs.task import Task, TaskFile, load_task_file

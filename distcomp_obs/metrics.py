@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 # `_created` series double the series count and confuse users (celery-exporter #251, #304).
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-ROUNDTRIP_OPS = ("claim", "report", "heartbeat", "reap", "poll", "return", "submit", "reconcile", "retention", "read")
+ROUNDTRIP_OPS = ("claim", "report", "heartbeat", "reap", "poll", "return", "submit", "reconcile")
 REDIS_ERRORS = ("connection", "timeout", "response", "script")
 TASK_TYPES = ("shell", "python", "builtin")
 OUTCOMES = ("finished", "failed", "retried")

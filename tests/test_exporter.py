@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from distcomp_obs.exporter import parse_prefixes, queue_label, sd_target
 from distcomp_obs.netutil import free_port
 from distcomp_obs.queue import Queue, manager
-from distcomp_obs.redis_io import RedisServer, connect
+from distcomp_obs.redis_io import connect
+from distcomp_obs.redis_server import RedisServer
 from tests.conftest import REPO, distcomp_argv, require, run_cli, wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -26,7 +26,8 @@ from distcomp_obs.queue import Queue
 from distcomp_obs.queue.distcomp import OneCommandProtocol
 from distcomp_obs.queue.scripts import source as script_source
 from distcomp_obs.records import ClaimLimits, Report
-from distcomp_obs.redis_io import RedisServer, connect
+from distcomp_obs.redis_io import connect
+from distcomp_obs.redis_server import RedisServer
 from tests.conftest import WorkerProc, free_port, require, wait_until, warm_up
 from tests.fault_tools import (
     FaultProxy,

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from distcomp_obs import __version__, metrics
 from distcomp_obs.queue import Queue
-from distcomp_obs.redis_io import RedisServer
+from distcomp_obs.redis_server import RedisServer
 from tests.conftest import WorkerProc, require, wait_until
 from tests.test_exporter import http_get
 

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from distcomp_obs.bench.proxy import LatencyProxy, measure_rtt_ms
-from distcomp_obs.redis_io import RedisServer
+from distcomp_obs.redis_server import RedisServer
 
 
 @pytest.fixture

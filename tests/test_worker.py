@@ -20,7 +20,8 @@ from distcomp_obs.audit import audit
 from distcomp_obs.config import WORKER_SETTINGS_ENV, Settings
 from distcomp_obs.netutil import free_port
 from distcomp_obs.queue import Queue
-from distcomp_obs.redis_io import RedisServer, connect
+from distcomp_obs.redis_io import connect
+from distcomp_obs.redis_server import RedisServer
 from tests.conftest import FAST, WorkerProc, distcomp_argv, run_cli, wait_until, warm_up
 
 StartWorker = Callable[..., WorkerProc]

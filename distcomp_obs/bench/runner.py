@@ -46,7 +46,8 @@ from distcomp_obs.bench.workers import DEFAULT_VARIANTS, Variant, WorkerGroup
 from distcomp_obs.bench.workloads import drain_workload, pickup_workload
 from distcomp_obs.netutil import free_port
 from distcomp_obs.queue import Queue
-from distcomp_obs.redis_io import RedisServer, connect
+from distcomp_obs.redis_io import connect, connect_server
+from distcomp_obs.redis_server import RedisServer
 
 WORKLOADS = ("noop", "shell", "pickup", "scale", "cluster")
 #: what `distcomp bench` runs unless --workloads says otherwise (cluster is opt-in: it takes long)
@@ -137,7 +138,7 @@ class Bench:
         started = time.time()
         with self._redis() as url, self._proxied(url) as proxy:
             self.redis_url, self.proxy = url, proxy
-            self.admin = connect(url)
+            self.admin = connect_server(url)
             try:
                 self._measure_proxy()
                 for workload in self.o.workloads:

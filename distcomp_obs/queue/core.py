@@ -33,7 +33,7 @@ from distcomp_obs.records import (
     Snapshot,
     parse_meta,
 )
-from distcomp_obs.redis_io import RoundTrips
+from distcomp_obs.redis_io import Client, RoundTrips
 
 T = TypeVar("T")
 SUBMIT_BATCH = 1000
@@ -43,7 +43,7 @@ LEGACY_RECORDS = ("task_meta", "layout", "todo_index", "finished_tasks")
 
 
 class Queue:
-    def __init__(self, client: redis.Redis, prefix: str = Keys.prefix, roundtrips: RoundTrips | None = None) -> None:
+    def __init__(self, client: Client, prefix: str = Keys.prefix, roundtrips: RoundTrips | None = None) -> None:
         self.r = client
         self.keys = Keys(prefix)
         self._keys_cache: dict[str, list[str]] = {}
@@ -216,12 +216,12 @@ class Queue:
         """Forget the oldest done tasks beyond `keep_s` seconds or `keep_count` tasks (0: no
         limit); returns how many (expire.lua). Counters are kept forever."""
         args = ["retain", int(keep_s * 1000), keep_count, max_events]
-        return self._run("retention", "expire", "-", args, int)
+        return self._run("reap", "expire", "-", args, int)  # housekeeping, as the reaper
 
     def forget(self, state: str, tasks: Sequence[str]) -> int:
         """Forget these tasks if they are in `state` ("finished" | "failed"): records and dedup
         entry go, so the same lines may be submitted again."""
-        return self._run("retention", "expire", "-", [state, *tasks], int) if tasks else 0
+        return self._run("reap", "expire", "-", [state, *tasks], int) if tasks else 0
 
     # --- reads for status, workers, the exporter and the audit --------------------------------
     def counts(self) -> dict[str, int]:
@@ -239,7 +239,7 @@ class Queue:
 
     def oldest_ages_s(self) -> dict[str, float | None]:
         """Age in seconds of the oldest waiting and the oldest running task (server time)."""
-        todo, running = self._run("read", "ages", "-", [], _int_pair)
+        todo, running = self._run("poll", "ages", "-", [], _int_pair)
         return {
             "todo": todo / 1000 if todo >= 0 else None,
             "in_progress": running / 1000 if running >= 0 else None,

@@ -26,6 +26,7 @@ from distcomp_obs.records import (
     resource_class,
     todo_member,
 )
+from distcomp_obs.redis_io import server_time
 from distcomp_obs.task import parse_line
 
 
@@ -40,7 +41,7 @@ class OneCommandProtocol:
 
     def _now_ms(self, op: str) -> int:
         """Server time: records and liveness never use this worker's clock."""
-        sec, usec = self._one(op, self.r.time)
+        sec, usec = self._one(op, server_time, self.r, self.k.tasks)  # the queue's own master on a cluster
         return int(sec) * 1000 + int(usec) // 1000
 
     def claim(self, worker: str, incarnation: str, limits: ClaimLimits) -> ClaimResult:

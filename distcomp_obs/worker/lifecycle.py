@@ -33,7 +33,7 @@ from distcomp_obs.errors import RedisUnavailable, WorkerNameTaken
 from distcomp_obs.httpd import MetricsServer
 from distcomp_obs.metrics import WorkerMetrics
 from distcomp_obs.queue import Queue
-from distcomp_obs.redis_io import RoundTrips, connect, redact_url
+from distcomp_obs.redis_io import Client, RoundTrips, connect, redact_url
 from distcomp_obs.worker.buffer import PrefetchBuffer
 from distcomp_obs.worker.chores import GB, Chores
 from distcomp_obs.worker.fetcher import Fetcher
@@ -227,7 +227,7 @@ class Worker:
 WAIT_FIRST_S, WAIT_MAX_S = 0.1, 5.0
 
 
-def wait_for_redis(url: str, stopping: threading.Event, name: str) -> redis.Redis | None:
+def wait_for_redis(url: str, stopping: threading.Event, name: str) -> Client | None:
     """A client once Redis answers PING; None if `stopping` is set first (SIGTERM/SIGINT while
     waiting). An unreachable Redis is waited for with capped, jittered backoff and logged once;
     refused credentials or an ACL error raise RedisUnavailable at once (waiting will not heal them)."""

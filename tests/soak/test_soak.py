@@ -24,7 +24,8 @@ import pytest
 from distcomp_obs.audit import AuditReport, audit
 from distcomp_obs.netutil import free_port
 from distcomp_obs.queue import Queue
-from distcomp_obs.redis_io import RedisServer, connect
+from distcomp_obs.redis_io import connect
+from distcomp_obs.redis_server import RedisServer
 from tests.conftest import WorkerProc, wait_until
 from tests.fault_tools import executions
 
