@@ -35,6 +35,15 @@ class QueueLayoutError(DistcompError):
     """The queue's records were written by another version's layout."""
 
 
+class SubmitIncomplete(DistcompError):
+    """A submit stopped part way (Redis full, read-only, gone): what was added stays added, and
+    submitting the same lines again adds the rest (known lines are skipped)."""
+
+    def __init__(self, added: int, total: int, cause: str) -> None:
+        self.added, self.total = added, total
+        super().__init__(f"added {added} of {total}: {cause}; submit the same file again to add the rest")
+
+
 class RedisUnavailable(DistcompError):
     """Redis could not be reached (host named, password never shown)."""
 

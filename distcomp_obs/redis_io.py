@@ -309,6 +309,54 @@ def connect_cluster(url: str, *, timeout_s: float | None = 5.0, check: bool = Tr
     return client
 
 
+#: Error replies that mean "Redis cannot serve us now", not "this request is wrong": RoundTrips
+#: raises them as RedisRefused, a ConnectionError, so every path that survives a lost connection
+#: (wait, keep results, retry, reconcile) survives these too. code -> the cause, as logs and
+#: /healthz name it.
+REFUSALS = {
+    "READONLY": "read-only (a replica now: failover?)",
+    "MISCONF": "refusing writes: persistence is failing (MISCONF)",
+    "OOM": "out of memory (maxmemory reached)",
+    "LOADING": "loading its data",
+    "BUSY": "busy running a script",
+    "NOSCRIPT": "missing our scripts",
+    "MASTERDOWN": "cut off from its master",
+    "TRYAGAIN": "resharding (TRYAGAIN)",
+    "CLUSTERDOWN": "cluster down",
+}
+
+
+class RedisRefused(redis.ConnectionError):
+    """An error reply in REFUSALS, raised in place of the ResponseError (kept as __cause__)."""
+
+    def __init__(self, code: str, reply: str) -> None:
+        self.code = code
+        super().__init__(f"Redis is {REFUSALS[code]}: {code} {reply}")
+
+
+def refusal_code(exc: BaseException) -> str | None:
+    """The REFUSALS code of an error reply, or None. redis-py strips the code from the message of
+    the replies it maps to classes (ReadOnlyError, OutOfMemoryError, ...) and keeps it in others."""
+    if isinstance(exc, RedisRefused):
+        return exc.code
+    if not isinstance(exc, redis.ResponseError):
+        return None
+    code = str(getattr(exc, "status_code", "") or "") or str(exc).split(" ", 1)[0]
+    return code if code in REFUSALS else None
+
+
+def outage_cause(exc: BaseException) -> str:
+    """What a lost round trip says about Redis, for one log line and /healthz."""
+    code = refusal_code(exc)
+    if code is not None:
+        return REFUSALS[code]
+    if isinstance(exc, redis.AuthenticationError):
+        return "refusing our credentials"
+    if isinstance(exc, redis.ResponseError):
+        return "answering with an error"
+    return "unreachable"
+
+
 class RoundTrips:
     """Times every round trip to Redis and counts the commands it carried, by operation.
 
@@ -332,6 +380,9 @@ class RoundTrips:
             result = fn(*args, **kwargs)
         except redis.RedisError as exc:
             self.metrics.redis_errors.labels(op, classify_redis_error(exc)).inc()
+            code = refusal_code(exc)
+            if code is not None and not isinstance(exc, RedisRefused):
+                raise RedisRefused(code, str(exc)) from exc
             raise
         elapsed = time.perf_counter() - start
         self.count[op] += 1

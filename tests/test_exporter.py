@@ -277,7 +277,7 @@ def test_scrape_cost_does_not_grow_with_the_queue(redis_url: str, prefix: str, q
     exporter = start_exporter()
     exporter.scrape()  # the first scrape opens the connection (HELLO/CLIENT SETINFO): not counted
     small = scrape_cost(client, exporter)
-    queue.submit(f"builtin:1:0:0:noop {i}" for i in range(10, 200_000))
+    queue.submit([f"builtin:1:0:0:noop {i}" for i in range(10, 200_000)])
     big = scrape_cost(client, exporter)
     assert big == small, (small, big)
     # lengths, counters, TIME, the registry, and ages.lua: the classes, a step per (class,

@@ -42,7 +42,7 @@ def claim_scaling(b: Bench) -> dict[str, Any]:
         for label, (q, n) in sizes.items():
             t0 = time.perf_counter()
             tag = uuid.uuid4().hex[:6]
-            q.submit(f"builtin:1:0:0:noop {tag}-{i}" for i in range(n))
+            q.submit([f"builtin:1:0:0:noop {tag}-{i}" for i in range(n)])
             out[f"submit_s_{label}"] = time.perf_counter() - t0
             b.log(f"scale: {n} tasks queued in {out[f'submit_s_{label}']:.1f}s")
         for rep in range(max(1, b.o.repeat)):

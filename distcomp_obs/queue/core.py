@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import redis
 from redis.client import PubSub
 
-from distcomp_obs.errors import QueueLayoutError
+from distcomp_obs.errors import QueueLayoutError, SubmitIncomplete
 from distcomp_obs.keys import Keys
 from distcomp_obs.metrics import WorkerMetrics
 from distcomp_obs.queue import scripts
@@ -33,7 +33,7 @@ from distcomp_obs.records import (
     Snapshot,
     parse_meta,
 )
-from distcomp_obs.redis_io import Client, RoundTrips
+from distcomp_obs.redis_io import Client, RedisRefused, RoundTrips, outage_cause
 
 T = TypeVar("T")
 SUBMIT_BATCH = 1000
@@ -101,19 +101,19 @@ class Queue:
         self._layout_ok = True
 
     # --- submit ------------------------------------------------------------------------------
-    def submit(self, lines: Iterable[str], trace: str = "") -> int:
-        """Add normalised task lines; returns how many were new. One round trip per 1000 lines."""
+    def submit(self, lines: Sequence[str], trace: str = "") -> int:
+        """Add normalised task lines; returns how many were new. One round trip (one atomic script)
+        per 1000 lines; if Redis stops one part way, SubmitIncomplete says how many were added."""
         self.check_layout()
         added = 0
-        batch: list[str] = []
         epoch = uuid.uuid4().hex
-        for line in lines:
-            batch.append(line)
-            if len(batch) >= SUBMIT_BATCH:
+        for start in range(0, len(lines), SUBMIT_BATCH):
+            batch = lines[start : start + SUBMIT_BATCH]
+            try:
                 added += self._run("submit", "submit", "-", [epoch, trace, *batch], int)
-                batch = []
-        if batch:
-            added += self._run("submit", "submit", "-", [epoch, trace, *batch], int)
+            except redis.RedisError as exc:
+                why = str(exc) if isinstance(exc, RedisRefused) else f"Redis is {outage_cause(exc)} ({exc})"
+                raise SubmitIncomplete(added, len(lines), why) from None
         return added
 
     # --- worker registration ------------------------------------------------------------------

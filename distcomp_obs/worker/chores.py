@@ -90,8 +90,10 @@ class Chores:
                     continue
                 try:
                     chore.due = now + chore.run()
-                except REDIS_DOWN as exc:
-                    self.redis.mark(False, "heartbeat", exc)  # an idle worker learns of outages here
+                    if chore.name != "memory":
+                        self.redis.mark(True, chore.name)
+                except REDIS_DOWN as exc:  # an idle worker learns of outages here; each chore on its own
+                    self.redis.mark(False, chore.name, exc)
                     chore.due = now + chore.on_redis_down
                 except redis.RedisError as exc:
                     log.error("worker %s: %s error: %s", self.name, chore.name, exc)
@@ -101,7 +103,6 @@ class Chores:
     # --- heartbeat -----------------------------------------------------------------------------
     def _beat(self) -> float:
         self.heartbeat_once()
-        self.redis.mark(True, "heartbeat")
         return self.s.heartbeat_interval_s
 
     def status(self) -> dict[str, Any]:

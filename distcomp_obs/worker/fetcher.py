@@ -15,6 +15,7 @@ from distcomp_obs.errors import RedisUnavailable
 from distcomp_obs.metrics import OUTCOMES, TASK_TYPES
 from distcomp_obs.queue.distcomp import OneCommandProtocol
 from distcomp_obs.records import NO_CLAIM, Claimed, ClaimLimits, ClaimResult, ReportCode
+from distcomp_obs.redis_io import RedisRefused
 from distcomp_obs.worker import policy
 from distcomp_obs.worker.buffer import Held, make_held
 from distcomp_obs.worker.pace import Pace
@@ -36,6 +37,7 @@ class Fetcher:
         self.one_command = OneCommandProtocol(parts.q)
         self.tally = Tally()
         self.rng = random.Random()
+        self._refused_delay = 0.0  # backoff while Redis answers but refuses (redis_io.REFUSALS)
         # task durations (fed as results are collected) and claim round trips: this thread's alone
         self.pace = Pace()
         parts.results.on_collect = self.pace.task_duration.observe  # per task: one call, not two
@@ -64,6 +66,9 @@ class Fetcher:
                 except (*REDIS_DOWN, RedisUnavailable) as exc:
                     self._redis_down(exc)
                     continue
+                if self._refused_delay:  # Redis serves again after refusing (out of memory, read-only, ...)
+                    self._refused_delay = 0.0
+                    p.redis.mark(True, "fetch")
                 if want:
                     last_fetch = time.monotonic()
                     p.wake.claimed(seen)
@@ -223,8 +228,14 @@ class Fetcher:
 
     # --- Redis away ------------------------------------------------------------------------------
     def _redis_down(self, exc: BaseException) -> None:
-        """Wait with backoff until Redis answers, then reconcile what a lost reply may have claimed."""
+        """Wait with backoff until Redis answers, then reconcile what a lost reply may have claimed.
+        A refusal (out of memory, read-only, ...) is an answer: a script refused is refused whole,
+        so nothing to reconcile; back off and let the loop retry the round trip itself."""
         self.p.redis.mark(False, "fetch", exc)
+        if isinstance(exc, RedisRefused):
+            self._refused_delay = min(5.0, max(0.1, self._refused_delay * 2))
+            self.p.stopping.wait(self._refused_delay * self.rng.uniform(0.5, 1.0))
+            return
         delay = 0.1
         while not self.p.hard_stop.is_set():
             start = time.perf_counter()

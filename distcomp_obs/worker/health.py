@@ -8,34 +8,44 @@ import logging
 import threading
 import time
 
+from distcomp_obs.redis_io import outage_cause
+
 log = logging.getLogger("distcomp_obs.worker")
 
 
 class RedisHealth:
-    """Which threads currently see Redis down; logs once per outage, not per attempt."""
+    """Which threads currently see Redis down, and why; logs one line per change of state (down,
+    a different cause, back), not per attempt."""
 
     def __init__(self, worker: str) -> None:
         self.worker = worker
         self._lock = threading.Lock()
-        self._down: set[str] = set()
+        self._down: dict[str, str] = {}  # source -> cause (redis_io.outage_cause)
+        self._logged = ""  # the cause last logged ("" while up)
 
     @property
     def ok(self) -> bool:
         with self._lock:
             return not self._down
 
+    @property
+    def cause(self) -> str:
+        """Why Redis is down ("unreachable", "out of memory (maxmemory reached)", ...), "" when up."""
+        with self._lock:
+            return next(iter(self._down.values()), "")
+
     def mark(self, ok: bool, source: str, exc: BaseException | None = None) -> None:
         with self._lock:
-            was_ok = not self._down
             if ok:
-                self._down.discard(source)
+                self._down.pop(source, None)
             else:
-                self._down.add(source)
-            now_ok = not self._down
-        if was_ok and not now_ok:
-            log.error("worker %s: Redis unreachable (%s); tasks keep running, reports are held, retrying",
-                      self.worker, exc)  # fmt: skip
-        elif not was_ok and now_ok:
+                self._down[source] = outage_cause(exc) if exc is not None else "unreachable"
+            cause = next(iter(self._down.values()), "")
+            was, self._logged = self._logged, cause
+        if cause and cause != was:
+            log.error("worker %s: Redis %s (%s); tasks keep running, reports are held, retrying",
+                      self.worker, cause, exc)  # fmt: skip
+        elif was and not cause:
             log.warning("worker %s: Redis reachable again", self.worker)
 
 
@@ -69,11 +79,9 @@ class Lease:
         with self._lock:
             was_held, self._held = self._held, False
         if was_held:
-            log.error(
-                "worker %s: lease lost (another process took the name, or we were cut off too long); "
-                "not claiming until it is back",
-                self.worker,
-            )
+            log.error("worker %s: our lease was not found at a claim (it expired while we were frozen or cut "
+                      "off, or another process took the name); not claiming or starting tasks until the "
+                      "heartbeat settles it", self.worker)  # fmt: skip
 
     def renewed(self, sent_at: float | None = None) -> None:
         """The server renewed the lease by a heartbeat sent at `sent_at` (time.monotonic())."""
@@ -93,7 +101,7 @@ class Liveness:
 
     def check(self, redis: RedisHealth, heartbeat_interval_s: float, idle_max_wait_s: float) -> tuple[bool, str]:
         if not redis.ok:
-            return False, "redis unreachable"
+            return False, f"redis {redis.cause}"
         # An idle fetch loop may not touch Redis for idle_max_wait_s; the heartbeat does every interval.
         beat_age = time.monotonic() - self.heartbeat_ok_at
         if beat_age > max(2.0, 3 * heartbeat_interval_s):

@@ -33,7 +33,7 @@ from distcomp_obs.errors import RedisUnavailable, WorkerNameTaken
 from distcomp_obs.httpd import MetricsServer
 from distcomp_obs.metrics import WorkerMetrics
 from distcomp_obs.queue import Queue
-from distcomp_obs.redis_io import Client, RoundTrips, connect, redact_url
+from distcomp_obs.redis_io import Client, RoundTrips, connect, outage_cause, redact_url
 from distcomp_obs.worker.buffer import PrefetchBuffer
 from distcomp_obs.worker.chores import GB, Chores
 from distcomp_obs.worker.fetcher import Fetcher
@@ -97,15 +97,14 @@ class Worker:
         # Bind /metrics before registering: a busy port must not leave a registration listed DEAD.
         chores.metrics_url = self._start_metrics()
         try:
-            self._register(q, chores, fetcher)
-        except REDIS_DOWN as exc:  # went away between the connection check and registering: one line
-            self._stop_metrics()
-            raise RedisUnavailable(
-                f"Redis at {redact_url(self.s.redis_url)} went away while worker {self.name!r} was starting: {exc}"
-            ) from None
+            registered = self._register_when_redis_serves(q, chores, fetcher)
         except BaseException:
             self._stop_metrics()
             raise
+        if not registered:
+            self._stop_metrics()
+            log.info("worker %s: stopped while waiting for Redis", self.name)
+            return 0
         self.registered = True
         guard: TaskGuard | None = None
         try:  # registered: whatever fails from here on, _shutdown gives the name up
@@ -121,6 +120,23 @@ class Worker:
             if guard is not None:
                 guard.close()
         return 0
+
+    def _register_when_redis_serves(self, q: Queue, chores: Chores, fetcher: Fetcher) -> bool:
+        """Register; while Redis is away or refuses (full, read-only, loading...) wait and say so
+        once per cause. False if stopped while waiting."""
+        delay, logged = WAIT_FIRST_S, ""
+        while True:
+            try:
+                self._register(q, chores, fetcher)
+                return True
+            except REDIS_DOWN as exc:
+                cause = outage_cause(exc)
+                if cause != logged:
+                    log.warning("worker %s: Redis is %s; waiting to register (%s)", self.name, cause, exc)
+                    logged = cause
+            if self.stopping.wait(random.uniform(delay / 2, delay)):
+                return False
+            delay = min(WAIT_MAX_S, delay * 2)
 
     def request_stop(self) -> None:
         self.stopping.set()
