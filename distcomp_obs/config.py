@@ -25,6 +25,7 @@ import yaml
 from distcomp_obs.errors import ConfigError
 from distcomp_obs.keys import DEFAULT_PREFIX
 from distcomp_obs.redis_io import CLUSTER_SCHEMES, parse_cluster_url, redact_url
+from distcomp_obs.redis_sentinel import SENTINEL_SCHEMES, parse_sentinel_url
 
 #: environment variable that carries a worker's Settings as JSON (`distcomp run` -> `python -m distcomp_obs.worker`)
 WORKER_SETTINGS_ENV = "DISTCOMP_WORKER_SETTINGS"
@@ -138,12 +139,14 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> None:
 
 def _check_url(url: str) -> None:
     scheme = url.split("://", 1)[0] if "://" in url else ""
-    if scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
-        expected = "a redis://, rediss://, unix://, redis+cluster:// or rediss+cluster:// URL"
+    if scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES, *SENTINEL_SCHEMES):
+        expected = "a redis://, rediss://, unix://, redis[s]+cluster:// or redis[s]+sentinel:// URL"
         raise ConfigError("redis_url", redact_url(url), expected)
     try:  # a malformed host or port must fail here, not as a traceback when connecting
         if scheme in CLUSTER_SCHEMES:
             parse_cluster_url(url)
+        elif scheme in SENTINEL_SCHEMES:
+            parse_sentinel_url(url)
         else:
             urlsplit(url).port  # noqa: B018
     except ValueError as exc:

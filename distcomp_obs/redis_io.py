@@ -17,6 +17,7 @@ from redis.retry import Retry
 
 from distcomp_obs.errors import RedisUnavailable
 from distcomp_obs.metrics import ROUNDTRIP_OPS, WorkerMetrics, classify_redis_error
+from distcomp_obs.redis_sentinel import connect_sentinel, is_sentinel_url
 
 T = TypeVar("T")
 
@@ -88,13 +89,22 @@ def parse_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
 def connect(url: str, *, timeout_s: float | None = 5.0, check: bool = True) -> Client:
     """A client for redis://, rediss:// (TLS) or unix:// URLs, with ACL user/password
     (`connect_server`), or for redis+cluster:// and rediss+cluster:// URLs a Redis Cluster client
-    (`connect_cluster`).
+    (`connect_cluster`), or for redis+sentinel:// and rediss+sentinel:// URLs a client of a
+    Sentinel service's master that follows failovers (`redis_sentinel.connect_sentinel`).
 
     redis-py's own retry is off: a re-sent claim or report could be executed twice without us
     knowing. The worker retries itself, with backoff, and reconciles after a connection error.
     """
     if is_cluster_url(url):
         return connect_cluster(url, timeout_s=timeout_s, check=check)
+    if is_sentinel_url(url):
+        try:
+            client = connect_sentinel(url, timeout_s=timeout_s)
+        except ValueError as exc:
+            raise RedisUnavailable(f"bad Redis Sentinel URL {redact_url(url)}: {exc}") from None
+        if check:
+            _check(client, url)
+        return client
     return connect_server(url, timeout_s=timeout_s, check=check)
 
 
@@ -278,6 +288,18 @@ def server_time(client: Client, key: str) -> tuple[int, int]:
         sec, usec = client.execute_command("TIME", target_nodes=client.get_node_from_key(key))  # type: ignore[no-untyped-call]
         return int(sec), int(usec)
     return client.time()
+
+
+def server_run_id(client: Client, key: str) -> str:
+    """The run_id of the server holding `key` (it changes when that server restarts, or when a
+    failover makes another server the master): what a worker compares to notice a rollback."""
+    if isinstance(client, RedisCluster):
+        info: Any = client.execute_command("INFO", "server", target_nodes=client.get_node_from_key(key))  # type: ignore[no-untyped-call]
+    else:
+        info = client.info("server")
+    if isinstance(info, dict) and len(info) == 1 and isinstance(next(iter(info.values())), dict):
+        info = next(iter(info.values()))  # one node's reply keyed by the node
+    return str(info.get("run_id", "")) if isinstance(info, dict) else ""
 
 
 def connect_cluster(url: str, *, timeout_s: float | None = 5.0, check: bool = True) -> ClusterClient:

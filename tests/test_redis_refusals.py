@@ -135,3 +135,29 @@ def test_a_demoted_master_read_only_is_an_outage(own_redis: RedisServer, prefix:
     counts = executions(log)
     assert sum(n - 1 for n in counts.values()) <= 2, f"duplicates beyond the 2 running: {counts}"
     assert_audit(q, tasks)
+
+
+def test_a_report_lost_in_a_rollback_is_reconciled(own_redis: RedisServer, prefix: str, start_worker,
+                                                  tmp_path: Path) -> None:  # fmt: skip
+    """Issue 11 case 3: Redis comes back from a snapshot older than a finished report (an AOF
+    missing its last second, a failover to a lagging replica). The task shows in progress on a
+    live worker that no longer holds it; the worker notices the restart (run_id) and gives it back,
+    so it runs again and ends recorded once, instead of staying in progress forever."""
+    q = Queue(connect(own_redis.url), prefix)
+    log = tmp_path / "exec.log"
+    slow = logged_task(0, log, first_run_s=2)
+    q.submit([slow])
+    # a lease that outlives the rollback: the reaper has nothing to do, only reconciliation can
+    w = start_worker("--concurrency", "1", "--prefetch", "0", "--lease", "60", name="w", url=own_redis.url)
+    wait_until(lambda: len(executions(log)) == 1, 20, what="the task runs")
+    q.r.save()  # the snapshot Redis will come back from: the task in progress on w
+    wait_done(q, 1)  # w finishes and reports it: the report is after the snapshot
+    own_redis.stop(kill=True)
+    own_redis.start()  # back from the snapshot: the report is lost
+    q = Queue(connect(own_redis.url), prefix)
+    assert q.counts()["in_progress"] == 1, "the rollback did not happen"
+    wait_done(q, 1, timeout=30)  # without reconciliation it stays in progress on live w forever
+    assert "run_id changed" in w.log()
+    assert executions(log)["0"] == 2  # ran again: its first report was lost
+    assert w.stop() == 0
+    assert_audit(q, [slow])

@@ -33,7 +33,7 @@ from distcomp_obs.records import (
     Snapshot,
     parse_meta,
 )
-from distcomp_obs.redis_io import Client, RedisRefused, RoundTrips, outage_cause
+from distcomp_obs.redis_io import Client, RedisRefused, RoundTrips, outage_cause, server_run_id
 
 T = TypeVar("T")
 SUBMIT_BATCH = 1000
@@ -128,6 +128,10 @@ class Queue:
         pipe.pttl(self.keys.lease(worker))
         holder, ttl = self.rt.call("heartbeat", 2, pipe.execute)
         return holder, int(ttl)
+
+    def server_id(self) -> str:
+        """The run_id of the Redis serving this queue (see redis_io.server_run_id)."""
+        return self.rt.call("heartbeat", 1, server_run_id, self.r, self.keys.tasks)
 
     def ensure_epoch(self) -> str:
         self.rt.call("heartbeat", 1, self.r.set, self.keys.epoch, uuid.uuid4().hex, nx=True)

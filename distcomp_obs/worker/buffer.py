@@ -93,6 +93,15 @@ class PrefetchBuffer:
                 self._cond.wait(remaining)
             return None, len(self._heap)
 
+    def drop(self, doomed: Callable[[Held], bool]) -> list[Held]:
+        """Remove (and return) the buffered tasks `doomed` picks."""
+        with self._cond:
+            gone = [h for h in self._heap if doomed(h)]
+            if gone:
+                self._heap = [h for h in self._heap if not doomed(h)]
+                heapq.heapify(self._heap)
+            return gone
+
     def take_all(self) -> list[Held]:
         with self._cond:
             items, self._heap = self._heap, []

@@ -58,6 +58,9 @@ class Chores:
         self.lease = parts.lease
         self.liveness = parts.liveness
         self.stopping = parts.stopping
+        self.reconcile_wanted = parts.reconcile_wanted
+        self.wake = parts.wake
+        self.server_id = ""  # run_id of the Redis serving the queue, as last seen
         self.tally = tally
         self.request_stop = request_stop
         self.give_back: Callable[[list[Held], str], None] = lambda held, reason: None  # the fetcher's
@@ -154,6 +157,13 @@ class Chores:
             )
             self.epoch = beat.epoch or self.q.ensure_epoch()
             self.give_back(self.buffer.take_all(), "lease_gap")  # tasks Redis no longer knows: never run
+        run_id = self.q.server_id()
+        if self.server_id and run_id != self.server_id:
+            log.warning("worker %s: Redis restarted or failed over (its run_id changed): checking what it "
+                        "records this worker holding", self.name)  # fmt: skip
+            self.reconcile_wanted.set()
+            self.wake.poke()  # an idle fetch loop may be waiting for a wake-up
+        self.server_id = run_id
         stop = beat.stop_requested
         if stop and float(stop) > self.started_at and not self.stopping.is_set():
             log.info("worker %s: stop requested by `distcomp stop-workers`: draining", self.name)

@@ -54,6 +54,12 @@ class Fetcher:
             p.liveness.loop_beat = time.monotonic()
             p.wake.begin_pass()  # before looking at anything: see wake.py
             p.results.collect()
+            if p.reconcile_wanted.is_set():
+                p.reconcile_wanted.clear()
+                try:
+                    self._reconcile()
+                except REDIS_DOWN:
+                    p.reconcile_wanted.set()
             seen = p.wake.announced()
             want = self._capacity_wanted()
             fetch_due = self.s.polling == "adaptive" or time.monotonic() - last_fetch >= self.s.poll_interval_s
@@ -255,9 +261,17 @@ class Fetcher:
             self.p.redis.mark(True, "fetch")
 
     def _reconcile(self) -> None:
-        """After a connection error a claim may have happened without us seeing the reply:
-        give back whatever Redis says we own that we do not hold."""
-        owned = self.q.held_by(self.name)
+        """After a connection error a claim may have happened without us seeing the reply: give
+        back whatever Redis says we own that we do not hold. After a restart or failover Redis may
+        also have lost writes: a report (the task shows held by us: given back, it runs again) or
+        a claim (buffered tasks no longer recorded ours under their token are dropped, not run)."""
+        holdings = self.q.rt.call("reconcile", 1, self.q.holdings, self.name)
+        tokens = {task: h.token for task, h in holdings.items()}
+        dropped = self.p.buffer.drop(lambda h: tokens.get(h.line) != h.token)
+        if dropped:
+            log.warning("worker %s: dropped %d buffered task(s) Redis no longer records as ours", self.name,
+                        len(dropped))  # fmt: skip
+        owned = set(holdings)
         # Snapshot in the order tasks flow (buffer -> running -> results), so a task moving on
         # meanwhile is still seen; results not yet collected are ours too (returning those made
         # finished tasks run twice: test_lost_reply_is_reconciled[report]).

@@ -4,7 +4,7 @@ Each piece guards its own state (see its module); Parts only gathers them."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
@@ -45,3 +45,6 @@ class Parts:
     tracer: tracing.WorkerTracer | None
     stopping: threading.Event
     hard_stop: threading.Event
+    # set by the heartbeat when Redis restarted or failed over (its run_id changed): it may have
+    # lost writes, so the fetch loop compares what Redis records us holding with what we hold
+    reconcile_wanted: threading.Event = field(default_factory=threading.Event)
