@@ -167,7 +167,8 @@ def _queue_metrics(snaps: list[tuple[str, Snapshot]]) -> Iterator[Metric]:
     )
     heartbeats = GaugeMetricFamily(
         "distcomp_worker_last_heartbeat_timestamp_seconds",
-        "Unix time of each registered worker's last heartbeat (kept until it is reaped or forgotten).",
+        "Unix time of each registered worker's last heartbeat, by the Redis server's clock (a worker's own "
+        "clock may be off), kept until it is reaped or forgotten.",
         labels=["queue", "worker"],
     )
     for queue, snap in snaps:
@@ -184,8 +185,8 @@ def _queue_metrics(snaps: list[tuple[str, Snapshot]]) -> Iterator[Metric]:
         workers.add_metric([queue, "live"], live)
         workers.add_metric([queue, "stale"], len(snap.workers) - live)
         for name, info in snap.workers.items():
-            if "time" in info:
-                heartbeats.add_metric([queue, name], float(info["time"]))
+            if "seen_ms" in info:
+                heartbeats.add_metric([queue, name], float(info["seen_ms"]) / 1000)
     yield tasks
     yield from counters.values()
     yield ages

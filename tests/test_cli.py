@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 import os
 import subprocess
 import sys
@@ -60,11 +61,29 @@ def test_status_lists_filters_json_and_check(redis_url: str, prefix: str, queue:
     assert code == 1 and "lost: submitted but in no state: 'shell:1:0:0:beta'" in out, out
 
 
+def silent_since_1970(queue: Queue, name: str) -> None:
+    """Make a worker's last heartbeat old by the server's clock (`seen_ms`, what requeue-dead reads)."""
+    status = json.loads(queue.r.hget(queue.keys.worker_status, name))
+    queue.r.hset(queue.keys.worker_status, name, json.dumps({**status, "seen_ms": 1000}))
+
+
+def test_a_worker_with_a_slow_clock_is_not_silent(redis_url: str, prefix: str, queue: Queue) -> None:
+    """Issue 11 case 6: a live worker whose own clock is 10 minutes slow heartbeats now by the
+    server's clock: requeue-dead must not declare it dead (it did: 12 duplicates)."""
+    queue.submit(["shell:1:0:0:held"])
+    assert queue.acquire_lease("slow", "s", 60_000)
+    queue.heartbeat("slow", "s", 60_000, {"time": time.time() - 600})
+    queue.claim("slow", "s", 1, ClaimLimits(8, 8))
+    code, out, _ = cli(redis_url, prefix, "requeue-dead", "--older-than", "60")
+    assert code == 0 and "slow" not in out and queue.counts()["in_progress"] == 1, out
+
+
 def test_workers_requeue_dead_and_forget(redis_url: str, prefix: str, queue: Queue) -> None:
     queue.submit(["shell:1:0:0:held"])
     assert queue.acquire_lease("ghost", "g", 60_000)
     queue.heartbeat("ghost", "g", 60_000, {"time": 1.0, "cores": 2, "variant": "baseline"})
     queue.claim("ghost", "g", 1, ClaimLimits(8, 8))
+    silent_since_1970(queue, "ghost")
     code, out, _ = cli(redis_url, prefix, "workers")
     assert code == 0 and "ghost" in out and "live" in out and "baseline" in out
     code, out, _ = cli(redis_url, prefix, "workers", "--json")
@@ -309,8 +328,9 @@ def test_manager_commands_print_one_json_object(tmp_path: Path, redis_url: str, 
     assert js("purge-finished") == {"purged": 1}
     assert js("stop-workers") == {"stop_requested": True}
     assert queue.r.exists(queue.keys.stop_requested)
-    queue.heartbeat("w", "i", 60_000, {"time": 1.0})  # silent since 1970, holding the retried task
+    queue.heartbeat("w", "i", 60_000, {"time": 1.0})
     assert len(queue.claim("w", "i", 1, ClaimLimits(8, 8)).tasks) == 1
+    silent_since_1970(queue, "w")  # holding the retried task
     assert js("requeue-dead", "--older-than", "60") == {"dead": ["w"], "returned": 1}
     assert queue.counts()["todo"] == 1
     data = js("reset", "--yes")

@@ -28,7 +28,7 @@ from distcomp_obs.queue.scripts import source as script_source
 from distcomp_obs.records import ClaimLimits, Report
 from distcomp_obs.redis_io import connect
 from distcomp_obs.redis_server import RedisServer
-from tests.conftest import WorkerProc, free_port, require, wait_until, warm_up
+from tests.conftest import WorkerProc, free_port, require, run_cli, wait_until, warm_up
 from tests.fault_tools import (
     FaultProxy,
     assert_audit,
@@ -555,6 +555,22 @@ def test_clock_skew_on_one_worker(
     finally:
         skewed.close()
     assert_audit(queue, tasks)
+
+
+def test_stop_workers_reaches_a_worker_whose_clock_is_fast(queue: Queue, redis_url: str, prefix: str,
+                                                          start_worker: StartWorker) -> None:  # fmt: skip
+    """Issue 11 case 6: `stop-workers` stamps its request with the server's time and workers compare
+    it with their start by the same clock: a worker 10 minutes fast used to ignore the request."""
+    # fixed polling: no wake listener, so the request reaches it through its heartbeat (the clock path)
+    fast = start_worker("--polling", "fixed", name="fast", env=_faketime_env("+10m"))
+    try:
+        wait_until(lambda: "fast" in queue.workers(), 15, what="registered")
+        out = run_cli("stop-workers", "--redis-url", redis_url, "--prefix", prefix)
+        assert out.returncode == 0, out
+        assert fast.wait(20) == 0, fast.log()
+        assert "stop requested" in fast.log()
+    finally:
+        fast.close()
 
 
 # ---------------------------------------------------------------- task faults

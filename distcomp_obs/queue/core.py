@@ -33,7 +33,7 @@ from distcomp_obs.records import (
     Snapshot,
     parse_meta,
 )
-from distcomp_obs.redis_io import Client, RedisRefused, RoundTrips, outage_cause, server_run_id
+from distcomp_obs.redis_io import Client, RedisRefused, RoundTrips, outage_cause, server_run_id, server_time
 
 T = TypeVar("T")
 SUBMIT_BATCH = 1000
@@ -128,6 +128,11 @@ class Queue:
         pipe.pttl(self.keys.lease(worker))
         holder, ttl = self.rt.call("heartbeat", 2, pipe.execute)
         return holder, int(ttl)
+
+    def server_time_ms(self) -> int:
+        """Now, by the clock of the Redis serving this queue: liveness is never judged by ours."""
+        sec, usec = self.rt.call("heartbeat", 1, server_time, self.r, self.keys.tasks)
+        return int(sec) * 1000 + int(usec) // 1000
 
     def server_id(self) -> str:
         """The run_id of the Redis serving this queue (see redis_io.server_run_id)."""

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import redis
@@ -44,9 +43,11 @@ def purge_finished(q: Queue) -> int:
 
 
 def requeue_dead(q: Queue, older_than_s: float) -> tuple[list[str], int]:
-    """Treat workers silent for older_than_s as dead: drop their lease, return their tasks."""
-    now = time.time()
-    dead = [n for n, info in q.workers().items() if now - float(info.get("time", 0)) >= older_than_s]
+    """Treat workers silent for older_than_s as dead: drop their lease, return their tasks.
+    Silence is measured by the Redis server's clock (`seen_ms`, written by the heartbeat script):
+    a worker whose own clock is 10 minutes slow is not silent."""
+    now_ms = q.server_time_ms()
+    dead = [n for n, info in q.workers().items() if now_ms - float(info.get("seen_ms", 0)) >= older_than_s * 1000]
     for name in dead:
         q.r.delete(q.keys.lease(name))
     returned = 0
@@ -66,8 +67,10 @@ def forget_worker(q: Queue, worker: str) -> None:
 
 
 def request_stop(q: Queue) -> None:
-    """Ask every running worker to drain and exit (workers started later run normally)."""
-    q.r.set(q.keys.stop_requested, str(time.time()))
+    """Ask every running worker to drain and exit (workers started later run normally): the
+    request carries the server's time in ms, which workers compare with their own start, also
+    by the server's clock."""
+    q.r.set(q.keys.stop_requested, str(q.server_time_ms()))
     q.r.publish(q.keys.wake_channel, "stop")
 
 
