@@ -200,10 +200,16 @@ class Fetcher:
         return claimed, remaining
 
     def _account(self, batch: list[Result], codes: list[ReportCode]) -> None:
+        stale = [res.held.line for res, code in zip(batch, codes, strict=True) if code is ReportCode.STALE]
+        if stale:  # one line per round trip, not per task (a stall can make hundreds at once)
+            self.m.stale_reports.inc(len(stale))
+            more = f" and {len(stale) - 1} more" if len(stale) > 1 else ""
+            log.warning("worker %s: %d report(s) rejected: their claims are no longer ours (%r%s)", self.name,
+                        len(stale), stale[0], more)  # fmt: skip
+            for line in stale:
+                log.debug("worker %s: report for %r rejected", self.name, line)
         for res, code in zip(batch, codes, strict=True):
             if code is ReportCode.STALE:
-                self.m.stale_reports.inc()
-                log.warning("worker %s: report for %r rejected: its claim is no longer ours", self.name, res.held.line)
                 continue
             if code is ReportCode.DUPLICATE:
                 continue
