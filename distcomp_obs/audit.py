@@ -12,10 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from distcomp_obs.queue import Queue
-from distcomp_obs.records import DoneRecord, parse_meta, todo_member
+from distcomp_obs.records import DoneRecord, Holding, parse_meta, todo_member
 from distcomp_obs.task import parse_line
+
+#: a claim this long before a worker's heartbeat must be in that heartbeat's count of held tasks
+PHANTOM_MARGIN_MS = 1000
 
 
 @dataclass
@@ -73,6 +77,20 @@ def _check_todo(
     return todo
 
 
+def _check_phantoms(problem: Callable[[bool, str, Iterable[str]], None], name: str, info: dict[str, Any],
+                    held: dict[str, Holding]) -> None:  # fmt: skip
+    """A live worker reports in each heartbeat how many tasks it holds; Redis recording more tasks
+    claimed by it well before that heartbeat than it holds means some are phantoms (a report lost
+    in a rollback: the worker gives them back once it notices the restart)."""
+    if not info.get("live") or "holds" not in info or "seen_ms" not in info:
+        return
+    before = float(info["seen_ms"]) - PHANTOM_MARGIN_MS
+    old = [t for t, h in held.items() if h.claimed_ms < before]
+    problem(len(old) > int(info["holds"]),
+            f"in progress on live worker {name} that does not hold them ({len(old)} recorded before its last "
+            f"heartbeat, it holds {info['holds']})", old)  # fmt: skip
+
+
 def _check_counters(problem: Callable[[bool, str, Iterable[str]], None], stats: dict[str, int], n_finished: int,
                     n_failed: int) -> None:  # fmt: skip
     """Every done record was counted once: a task recorded twice counts twice (a counter may lag its
@@ -113,6 +131,7 @@ def audit(q: Queue, submitted: Iterable[str] | None = None, expect_done: bool = 
         held = [t for t, h in holdings.items() if h.worker == name]
         if held and not info["live"]:
             problem(True, f"stranded: held by dead worker {name} (the reaper returns them)", held)
+        _check_phantoms(problem, name, info, {t: holdings[t] for t in held})
     problem(bool(finished & set(failed)), "both finished and failed", finished & set(failed))
     problem(
         any(not reasons.get(t) and not DoneRecord.parse(failed[t]).body for t in failed),

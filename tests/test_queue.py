@@ -322,3 +322,19 @@ def test_a_woken_old_incarnation_does_not_hide_the_new_ones_task(queue: Queue, p
     queue.r.delete(queue.keys.lease("n"))  # the new one dies too: the reaper must find the task
     assert queue.reap()[0] == 1
     assert audit(queue).ok
+
+
+def test_audit_flags_tasks_in_progress_on_a_live_worker_that_does_not_hold_them(queue: Queue) -> None:
+    """Issue 11 case 3: a finished report lost in a Redis rollback leaves the task in progress on a
+    live worker that no longer holds it; the audit must say so (it said OK)."""
+    inc = register(queue, "w")
+    queue.submit(["shell:1:0:0:a", "shell:1:0:0:b"])
+    queue.claim("w", inc, 2, ROOMY)
+    holding = Holding.parse(queue.r.hget(queue.keys.in_progress_tasks, "shell:1:0:0:a"))
+    old = Holding(holding.token, holding.claimed_ms - 5000, holding.started, "w").text()
+    queue.r.hset(queue.keys.in_progress_tasks, mapping={"shell:1:0:0:a": old, "shell:1:0:0:b": old})
+    queue.heartbeat("w", inc, 60_000, {"time": 0, "holds": 2})
+    assert audit(queue).ok  # it holds both
+    queue.heartbeat("w", inc, 60_000, {"time": 0, "holds": 1})
+    report = audit(queue)
+    assert not report.ok and "in progress on live worker w that does not hold them" in report.summary()

@@ -53,6 +53,7 @@ class Chores:
         self.incarnation = incarnation
         self.pool = parts.pool
         self.buffer = parts.buffer
+        self.results = parts.results
         self.memory = parts.memory
         self.redis = parts.redis
         self.lease = parts.lease
@@ -122,6 +123,7 @@ class Chores:
             "concurrency": s.concurrency,
             "running": self.pool.busy(),
             "buffered": len(self.buffer),
+            "holds": self._held(),  # by its own count ("held" in `distcomp workers` is Redis's)
             "finished": self.tally.finished,
             "failed": self.tally.failed,
             "variant": s.variant_name,
@@ -133,6 +135,12 @@ class Chores:
             "incarnation": self.incarnation,
             "stopping": self.stopping.is_set(),
         }
+
+    def _held(self) -> int:
+        """Tasks this worker holds: buffered, running, or done and not yet recorded. Counted in
+        the order tasks move (buffer -> slot -> result), so a task moving meanwhile is counted
+        twice rather than missed: the audit flags Redis recording more than this as phantom."""
+        return len(self.buffer) + self.pool.busy() + self.results.pending()
 
     def heartbeat_once(self) -> None:
         sent_at = time.monotonic()

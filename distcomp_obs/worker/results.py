@@ -69,6 +69,11 @@ class Results:
         self._incoming.put(result)
         return first
 
+    def pending(self) -> int:
+        """Results put and not yet recorded in Redis (any thread)."""
+        with self._lock:
+            return self._pending
+
     def waiting(self) -> bool:
         """Results put but not yet collected."""
         return not self._incoming.empty()
