@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 
 import pytest
 
@@ -338,3 +340,54 @@ def test_audit_flags_tasks_in_progress_on_a_live_worker_that_does_not_hold_them(
     queue.heartbeat("w", inc, 60_000, {"time": 0, "holds": 1})
     report = audit(queue)
     assert not report.ok and "in progress on live worker w that does not hold them" in report.summary()
+
+
+def _finish_all(queue: Queue, name: str, inc: str) -> None:
+    held = queue.claim(name, inc, 1000, ROOMY).tasks
+    reports = [Report(c.line, c.token, "finished", f"out {c.line}", '"ms":1.5,"exit":0') for c in held]
+    queue.settle(name, inc, reports, 0, ROOMY, 2)
+
+
+def test_done_records_keep_each_attempt_in_server_time(queue: Queue) -> None:
+    """Issue 10: a done record says which worker, when (server ms), how long, the exit code; a
+    failed attempt that was retried keeps its own line in attempt_log."""
+    inc = register(queue, "w")
+    register(queue, "v")  # a second live worker, so a failure on w is retried
+    queue.submit(["shell:1:0:0:a", "shell:1:0:0:b"])
+    before_ms = int(queue.r.time()[0]) * 1000
+    [a, b] = queue.claim("w", inc, 2, ROOMY).tasks
+    reports = [
+        Report(a.line, a.token, "finished", "hello\n", '"ms":12.5,"exit":0'),
+        Report(b.line, b.token, "failed", "exit code 3; stderr: boom", '"ms":4,"exit":3,"stdout":"partial"'),
+    ]
+    codes = queue.settle("w", inc, reports, 0, ROOMY, 2).report_codes
+    assert codes == [FINISHED, ReportCode.RETRIED]
+    [(task, rec)] = queue.records("finished").items()
+    assert task == a.line and rec.body == "hello\n" and queue.list_state("finished") == {a.line: "hello\n"}
+    assert rec.header["worker"] == "w" and rec.header["token"] == a.token and rec.header["exit"] == 0
+    assert rec.header["ms"] == 12.5 and rec.header["at"] >= before_ms
+    [attempt] = [json.loads(line) for line in queue.r.hget(queue.keys.attempt_log, b.line).splitlines()]
+    assert attempt["worker"] == "w" and attempt["exit"] == 3 and attempt["stdout"] == "partial"
+    assert attempt["reason"] == "exit code 3; stderr: boom"
+
+
+def test_retention_forgets_the_oldest_done_records_and_keeps_the_counts(queue: Queue) -> None:
+    """Issue 10: done records go beyond keep_count (oldest first) or past keep_s; the counters stay
+    (forgotten_finished says how many went), the audit still holds, and a forgotten line may be
+    submitted again."""
+    inc = register(queue, "w")
+    lines = [f"builtin:1:0:0:noop r{i}" for i in range(50)]
+    for start in range(0, 50, 10):  # five settles: five events, oldest first
+        queue.submit(lines[start : start + 10])
+        _finish_all(queue, "w", inc)
+    assert queue.retain(0, 20) == 30
+    assert set(queue.list_state("finished")) == set(lines[30:])  # the newest kept
+    stats = queue.stats()
+    assert stats["finished"] == 50 and stats["forgotten_finished"] == 30
+    assert audit(queue).ok
+    assert queue.submit(lines[:1]) == 1  # forgotten: the same line is a new task
+    assert queue.retain(0, 0) == 0  # no limit at all: nothing goes
+    time.sleep(0.05)
+    assert queue.retain(0.01, 0) == 20  # older than 10 ms: every remaining record
+    assert queue.counts()["finished"] == 0 and queue.stats()["finished"] == 50
+    assert audit(queue).ok

@@ -310,3 +310,16 @@ def test_a_worker_started_later_gets_a_fair_share_of_long_tasks(queue: Queue, st
     wait_until(lambda: sum(finished().values()) == len(tasks), timeout=10, what="heartbeats with the tallies")
     assert finished()["b"] >= 8, finished()  # hoarding left it none
     assert audit(queue, tasks, expect_done=True).ok
+
+
+def test_workers_apply_retention_to_done_records(queue: Queue, start_worker) -> None:
+    """Issue 10: with --keep-done 5 the workers' retention chore forgets all but the newest 5 done
+    records; the counters keep the totals."""
+    w = start_worker("--keep-done", "5")
+    tasks = [f"builtin:1:0:0:noop keep {i}" for i in range(30)]
+    for start in range(0, 30, 10):  # three submits: at least three batches of done tasks
+        queue.submit(tasks[start : start + 10])
+        wait_until(lambda: queue.stats().get("finished", 0) >= start + 10, 20, what="batch done")
+    wait_until(lambda: queue.counts()["finished"] <= 5, 20, what="retention ran")
+    assert queue.stats()["finished"] == 30 and queue.stats()["forgotten_finished"] >= 25
+    assert w.stop() == 0

@@ -21,7 +21,14 @@ if TYPE_CHECKING:
     from distcomp_obs.queue import Queue
 
 
-REDIS_URL_HELP = "redis://[user:pass@]host:port/db, rediss://... (TLS) or unix:///path.sock (env DISTCOMP_REDIS_URL)"
+REDIS_URL_HELP = (
+    "redis://[user:pass@]host:port/db, rediss://... (TLS) or unix:///path.sock (env DISTCOMP_REDIS_URL; "
+    "percent-encode / ? # @ in a password, or use --redis-password-file)"
+)
+REDIS_PASSWORD_FILE_HELP = (
+    "read the Redis password from the first line of this file when connecting, not from the URL "
+    "(it replaces one the URL has): keeps it off argv and logs (env DISTCOMP_REDIS_PASSWORD_FILE)"
+)
 CONFIG_HELP = "YAML settings file (DistComp's conf.json accepted); DISTCOMP_* variables and flags override it"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
@@ -35,6 +42,7 @@ _SHOWN_DEFAULTS = {
     "variant": "derived from the flags",
     "pipeline": "on",
     "metrics": "metrics on",
+    "redis_password_file": "none: the URL's password, if any",
 }
 
 
@@ -107,6 +115,7 @@ def _common(p: argparse.ArgumentParser, embedded_redis: bool = False) -> None:
         )
     else:
         setting_flag(p, "--redis-url", field="redis_url", metavar="URL", help=REDIS_URL_HELP)
+    password_file_flag(p)
     setting_flag(
         p,
         "--prefix",
@@ -114,6 +123,11 @@ def _common(p: argparse.ArgumentParser, embedded_redis: bool = False) -> None:
         help="key prefix of the queue (a missing trailing : is added): several queues can share one Redis",
     )
     p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+
+
+def password_file_flag(p: argparse.ArgumentParser) -> None:
+    """--redis-password-file (the redis_password_file setting), beside every --redis-url."""
+    setting_flag(p, "--redis-password-file", field="redis_password_file", metavar="FILE", help=REDIS_PASSWORD_FILE_HELP)
 
 
 def log_flags(p: argparse.ArgumentParser) -> None:
@@ -224,6 +238,22 @@ def _worker_flags(p: argparse.ArgumentParser) -> None:
         type=float,
         metavar="SECONDS",
         help="seconds between reaper runs in the whole deployment",
+    )
+    setting_flag(
+        p,
+        "--keep-done-for",
+        field="keep_done_s",
+        type=float,
+        metavar="SECONDS",
+        help="forget done tasks' records (output, attempts) this long after they ended (0: keep); counts stay",
+    )
+    setting_flag(
+        p,
+        "--keep-done",
+        field="keep_done",
+        type=int,
+        metavar="N",
+        help="keep at most N done tasks' records, forgetting the oldest first (0: no limit)",
     )
     setting_flag(
         p,
