@@ -1,6 +1,8 @@
 """Chaos soak: thousands of mixed tasks, several prefetching workers killed (SIGKILL/SIGTERM)
-and restarted at random, Redis restarted once (AOF, fsync always). At the end the audit holds,
-and duplicate executions are counted and bounded by what could have been running at each fault.
+and restarted at random, one worker frozen (SIGSTOP) past its lease, Redis restarted once (AOF,
+fsync always) and made read-only once (a demoted master: REPLICAOF a dead port). At the end the
+audit holds, and duplicate executions are counted and bounded by what could have been running
+at each fault.
 
 CI runs a short version (~2 minutes). The long one (docs/RELIABILITY.md):
 
@@ -80,7 +82,8 @@ class Chaos:
         self.flags = ["--concurrency", str(CONCURRENCY), "--prefetch", "8", "--max-retry-per-task", "2", *TIMINGS]
         self.live: dict[str, WorkerProc] = {}
         self.serial = 0
-        self.stats = {"sigkill": 0, "sigterm": 0, "redis_restarts": 0, "restarts_same_name": 0}
+        self.stats = {"sigkill": 0, "sigterm": 0, "redis_restarts": 0, "restarts_same_name": 0, "sigstops": 0,
+                      "read_only_periods": 0}  # fmt: skip
         self.q = Queue(connect(self.url), prefix)
 
     def spawn(self, name: str | None = None) -> None:
@@ -99,6 +102,22 @@ class Chaos:
         self.redis.start()
         self.q = Queue(connect(self.url), self.prefix)
         self.stats["redis_restarts"] += 1
+
+    def freeze_one(self) -> None:
+        """SIGSTOP a worker past its lease (2 s): others reap its tasks; on SIGCONT it must not start
+        its stale buffer (issue 11)."""
+        name = self.rng.choice(sorted(self.live))
+        self.live[name].signal(signal.SIGSTOP)
+        time.sleep(self.rng.uniform(3.0, 4.0))
+        self.live[name].signal(signal.SIGCONT)
+        self.stats["sigstops"] += 1
+
+    def read_only_period(self) -> None:
+        """What a failover does to the old master: read-only for a while, then a master again."""
+        self.q.r.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+        time.sleep(self.rng.uniform(1.0, 3.0))
+        self.q.r.execute_command("REPLICAOF", "NO", "ONE")
+        self.stats["read_only_periods"] += 1
 
     def forget_exited(self) -> None:
         """Drop workers that exited by themselves (refused same-name restarts, drained)."""
@@ -120,11 +139,21 @@ class Chaos:
     def run(self, seconds: float) -> None:
         t0 = time.monotonic()
         redis_restart_at = t0 + seconds * self.rng.uniform(0.3, 0.6)
+        freeze_at = t0 + seconds * self.rng.uniform(0.1, 0.3)
+        read_only_at = t0 + seconds * self.rng.uniform(0.65, 0.9)
         while time.monotonic() - t0 < seconds:
             time.sleep(self.rng.uniform(0.3, 1.5))  # chaos pacing, not a timing assertion
             if redis_restart_at and time.monotonic() >= redis_restart_at:
                 self.restart_redis()
                 redis_restart_at = 0
+                continue
+            if freeze_at and time.monotonic() >= freeze_at and self.live:
+                self.freeze_one()
+                freeze_at = 0
+                continue
+            if read_only_at and time.monotonic() >= read_only_at:
+                self.read_only_period()
+                read_only_at = 0
                 continue
             self.forget_exited()
             action = self.rng.random()  # drawn even with no worker live: a seed replays the same run
@@ -148,7 +177,9 @@ def soak_summary(chaos: Chaos, tasks: list[str], failing: set[str], log: Path, r
     finished_ids = {str(i) for i, t in enumerate(tasks) if t in finished}
     # Each kill or grace-period kill re-runs at most what that worker was running; a Redis
     # restart can at worst expire every lease (all running tasks); lost replies are reconciled.
-    bound = CONCURRENCY * (chaos.kills + WORKERS * stats["redis_restarts"] * 2)
+    # A freeze re-runs what the frozen worker was running; a read-only period can expire every lease.
+    bound = CONCURRENCY * (chaos.kills + stats["sigstops"] + WORKERS * (stats["redis_restarts"] * 2
+                                                                        + stats["read_only_periods"]))  # fmt: skip
     return {
         **stats, "tasks": TASKS, "chaos_s": CHAOS_S, "workers": WORKERS, "finished": len(finished),
         "failed": len(failed), "failing_by_design": len(failing), "executions": sum(counts.values()),
