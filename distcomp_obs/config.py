@@ -12,6 +12,7 @@ import difflib
 import json
 import math
 import os
+import re
 import socket
 import sys
 from collections.abc import Mapping
@@ -24,20 +25,38 @@ import yaml
 
 from distcomp_obs.errors import ConfigError
 from distcomp_obs.keys import DEFAULT_PREFIX
-from distcomp_obs.redis_io import CLUSTER_SCHEMES, parse_cluster_url, redact_url
+from distcomp_obs.redis_io import CLUSTER_SCHEMES, parse_cluster_url
 from distcomp_obs.redis_sentinel import SENTINEL_SCHEMES, parse_sentinel_url
+from distcomp_obs.redis_url import ENCODE_THE_PASSWORD, misplaced_at, redact_url, with_password_file
 
 #: environment variable that carries a worker's Settings as JSON (`distcomp run` -> `python -m distcomp_obs.worker`)
 WORKER_SETTINGS_ENV = "DISTCOMP_WORKER_SETTINGS"
+#: secrets in the environment, never handed to a task (whatever task_env_passthrough says) nor to
+#: the workers `distcomp run` starts: the Redis URL, password and password file (DISTCOMP_REDIS_*),
+#: a worker's settings JSON, and any DISTCOMP_ name with one of SECRET_ENV_WORDS in it
+SECRET_ENV_PREFIXES = ("DISTCOMP_REDIS_",)
+SECRET_ENV_WORDS = ("PASSWORD", "SECRET", "TOKEN", "CREDENTIAL")
+
+
+def secret_env(name: str) -> bool:
+    """Whether the environment variable `name` may hold a secret (see SECRET_ENV_PREFIXES)."""
+    if name == WORKER_SETTINGS_ENV or name.startswith(SECRET_ENV_PREFIXES):
+        return True
+    return name.startswith("DISTCOMP_") and any(word in name for word in SECRET_ENV_WORDS)
+
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.@")
 
 
 @dataclass(frozen=True)
 class Settings:
-    #: redis://[user:password@]host:port/db, rediss:// (TLS), unix:///path.sock, or a Redis Cluster:
-    #: redis+cluster://[user:password@]host:port[,host:port...]/ (rediss+cluster:// with TLS)
+    #: redis://[user:password@]host:port/db, rediss:// (TLS), unix:///path.sock, a Redis Cluster:
+    #: redis+cluster://[user:password@]host:port[,host:port...]/ (rediss+cluster:// with TLS), or a Sentinel
+    #: service: redis+sentinel://[user:password@]host:port[,host:port...]/SERVICE[/db]
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: a file whose first line is the Redis password, read when connecting (the URL then needs none;
+    #: it replaces one the URL has): adds the option ?password_file=PATH to redis_url
+    redis_password_file: str = ""
     #: key prefix: several queues can share one Redis (a missing trailing ':' is added: `jobs` = `jobs:`)
     prefix: str = DEFAULT_PREFIX
     #: worker name, unique among live workers (default: this host's name)
@@ -78,6 +97,9 @@ class Settings:
     task_timeout_s: float = 0.0
     #: stdout/stderr bytes kept per task
     output_limit_bytes: int = 64 * 1024
+    #: environment variables tasks get beyond the allowlist (docs/SECURITY.md): comma-separated names,
+    #: NAME* for every name starting with NAME, * for all; DISTCOMP_REDIS_* and the worker's settings never
+    task_env_passthrough: str = ""
     #: seconds SIGTERM waits for running tasks before killing and returning them
     grace_period_s: float = 30.0
     #: serve Prometheus metrics (off: --no-metrics, for measuring instrumentation cost)
@@ -93,6 +115,8 @@ class Settings:
         # `jobs` and `jobs:` are one queue: keys are always `<prefix>:<record>`
         object.__setattr__(self, "prefix", normalise_prefix(self.prefix))
         validate(self)
+        # the file is read when connecting (redis_url.client_url), wherever the URL is handed on
+        object.__setattr__(self, "redis_url", with_password_file(self.redis_url, self.redis_password_file.strip()))
 
     @property
     def variant_name(self) -> str:
@@ -138,6 +162,10 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> None:
 
 
 def _check_url(url: str) -> None:
+    """The URL's form (nothing is connected to); the value shown in a ConfigError is redacted, and
+    the reasons named hold no text of the URL that could be a piece of a password."""
+    if misplaced_at(url):
+        raise ConfigError("redis_url", redact_url(url), ENCODE_THE_PASSWORD)
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES, *SENTINEL_SCHEMES):
         expected = "a redis://, rediss://, unix://, redis[s]+cluster:// or redis[s]+sentinel:// URL"
@@ -165,6 +193,21 @@ def validate(s: Settings) -> None:
         raise ConfigError("log_level", s.log_level, "DEBUG, INFO, WARNING or ERROR")
     if s.log_format not in ("text", "json"):
         raise ConfigError("log_format", s.log_format, "'text' or 'json'")
+    env_passthrough(s.task_env_passthrough)
+
+
+#: one entry of task_env_passthrough: a variable name, NAME* (a prefix) or * (everything)
+_PASSTHROUGH_ENTRY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\*?|\*")
+
+
+def env_passthrough(text: str) -> tuple[str, ...]:
+    """The entries of a task_env_passthrough value (comma-separated, blanks ignored); ConfigError
+    naming the field for an entry that is no variable name, NAME* or *."""
+    entries = tuple(e.strip() for e in text.split(",") if e.strip())
+    for entry in entries:
+        if not _PASSTHROUGH_ENTRY.fullmatch(entry):
+            raise ConfigError("task_env_passthrough", text, "comma-separated variable names, NAME* (a prefix) or *")
+    return entries
 
 
 def _check_identity_and_protocol(s: Settings) -> None:

@@ -35,7 +35,7 @@ import psutil
 import redis
 
 from distcomp_obs.audit import AuditReport, audit
-from distcomp_obs.config import WORKER_SETTINGS_ENV, Settings
+from distcomp_obs.config import WORKER_SETTINGS_ENV, Settings, secret_env
 from distcomp_obs.errors import DistcompError
 from distcomp_obs.queue import Queue, manager
 from distcomp_obs.redis_io import connect
@@ -78,10 +78,12 @@ class RunOptions:
 def worker_settings(settings: Settings, opts: RunOptions, url: str, index: int) -> Settings:
     """The Settings of local worker `index` (from 1): the run's own, with this Redis, the name
     `local-N`, the workers' metrics address, and the log level of the workers' environment
-    (DISTCOMP_LOG_LEVEL, else WARNING: the workers are quiet unless asked)."""
+    (DISTCOMP_LOG_LEVEL, else WARNING: the workers are quiet unless asked). The embedded Redis
+    has no password: redis_password_file applies to a --redis-url only."""
     return dataclasses.replace(
         settings,
         redis_url=url,
+        redis_password_file=settings.redis_password_file if opts.redis_url else "",
         name=f"local-{index}",
         metrics_addr=opts.worker_metrics_addr,
         log_level=_worker_log_level(),
@@ -98,8 +100,14 @@ def worker_command() -> list[str]:
 
 def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
     """One `python -m distcomp_obs.worker` child with `settings`, in its own session (the
-    terminal's Ctrl-C does not reach it: `run` forwards signals); it dies with this process."""
-    env = dict(os.environ, DISTCOMP_LOG_LEVEL=_worker_log_level())
+    terminal's Ctrl-C does not reach it: `run` forwards signals); it dies with this process.
+
+    Its argv holds no setting (so no password shows in the process list): the settings go as JSON
+    in WORKER_SETTINGS_ENV, which the child removes before any task starts. The other secrets of
+    this environment (DISTCOMP_REDIS_URL, ...: config.secret_env) are not passed on: the child
+    reads nothing but the JSON."""
+    env = {k: v for k, v in os.environ.items() if not secret_env(k)}
+    env["DISTCOMP_LOG_LEVEL"] = _worker_log_level()
     env[WORKER_SETTINGS_ENV] = settings.to_json()
     return subprocess.Popen(worker_command(), env=env, start_new_session=True, preexec_fn=die_with_parent)
 

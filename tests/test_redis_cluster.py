@@ -266,8 +266,8 @@ def test_failures_retries_and_manager_commands_on_the_cluster(cluster: RedisClus
 #: docs/RELIABILITY.md's least-privilege user, plus what a cluster client needs: the slot map
 #: (CLUSTER SLOTS) and whether the cluster serves (CLUSTER INFO, ClusterClient.ping)
 CLUSTER_ACL = ("on", ">s3cret", "~{aclq}:*", "&{aclq}:*", "+@read", "+@write", "+@scripting", "+@pubsub",
-               "+@connection", "+@transaction", "+time", "+info", "+config|get", "-@dangerous", "-keys", "-scan",
-               "-script|flush", "-function|flush", "+cluster|slots", "+cluster|info")  # fmt: skip
+               "+@connection", "+@transaction", "+time", "-@dangerous", "-keys", "-scan", "-script|flush",
+               "-function|flush", "+info", "+config|get", "+cluster|slots", "+cluster|info")  # fmt: skip
 
 
 def test_least_privilege_user_on_the_cluster(cluster: RedisClusterServers) -> None:

@@ -319,7 +319,7 @@ def test_workers_apply_retention_to_done_records(queue: Queue, start_worker) -> 
     tasks = [f"builtin:1:0:0:noop keep {i}" for i in range(30)]
     for start in range(0, 30, 10):  # three submits: at least three batches of done tasks
         queue.submit(tasks[start : start + 10])
-        wait_until(lambda: queue.stats().get("finished", 0) >= start + 10, 20, what="batch done")
+        wait_until(lambda n=start + 10: queue.stats().get("finished", 0) >= n, 20, what="batch done")
     wait_until(lambda: queue.counts()["finished"] <= 5, 20, what="retention ran")
     assert queue.stats()["finished"] == 30 and queue.stats()["forgotten_finished"] >= 25
     assert w.stop() == 0

@@ -17,6 +17,7 @@ from distcomp_obs.cli.common import (
     _common,
     log_flags,
     open_queue,
+    password_file_flag,
     setting_flag,
     settings_from,
 )
@@ -68,6 +69,7 @@ def _add_exporter(sub: Subparsers) -> None:
     text = "queue metrics from Redis at scrape time, and HTTP service discovery of the workers"
     p = sub.add_parser("exporter", help=text, description=f"Serve {text} (/metrics, /sd, /healthz).")
     setting_flag(p, "--redis-url", field="redis_url", metavar="URL", help=REDIS_URL_HELP)
+    password_file_flag(p)
     p.add_argument(
         "--prefix",
         action="append",

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 
 REDIS_URL_HELP = (
-    "redis://[user:pass@]host:port/db, rediss://... (TLS) or unix:///path.sock (env DISTCOMP_REDIS_URL; "
+    "redis://[user:pass@]host:port/db, rediss://... (TLS), unix:///path.sock, redis+cluster://h:p[,h:p]/ or "
+    "redis+sentinel://h:p[,h:p]/SERVICE[/db] (env DISTCOMP_REDIS_URL; "
     "percent-encode / ? # @ in a password, or use --redis-password-file)"
 )
 REDIS_PASSWORD_FILE_HELP = (

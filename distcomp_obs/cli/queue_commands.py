@@ -16,6 +16,7 @@ from distcomp_obs.cli.common import (
     _common,
     _worker_flags,
     open_queue,
+    password_file_flag,
     print_json,
     setting_flag,
     settings_from,
@@ -52,6 +53,7 @@ def add_parsers(sub: Subparsers) -> None:
     )
     c.add_argument("file", metavar="FILE", help="YAML settings file (DistComp's conf.json accepted)")
     setting_flag(c, "--redis-url", field="redis_url", metavar="URL", help=REDIS_URL_HELP)
+    password_file_flag(c)
     setting_flag(c, "--prefix", field="prefix", help="key prefix of the queue")
     _worker_flags(c)
     setting_flag(c, "--name", field="name", help="worker name")

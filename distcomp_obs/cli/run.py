@@ -64,7 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         fresh=args.fresh,
         skip_invalid=args.skip_invalid,
-        redis_url=redis_url,
+        # the validated URL: with the password_file option when --redis-password-file is given
+        redis_url=settings.redis_url if redis_url else None,
         # The workers get a free port each unless --metrics-addr says otherwise (a metrics_addr
         # from the config file or the environment is not used for them).
         worker_metrics_addr=metrics_addr or WORKER_METRICS_ADDR,

@@ -5,6 +5,9 @@ path) in its own session, and registered with the worker's TaskGuard, which kill
 process group if the worker dies: a killed worker's tasks must not keep running while the
 reaper hands them to someone else. Output is spooled to temporary files and only a bounded
 slice is kept, so a task printing gigabytes costs disk, not worker memory.
+
+A task's environment is an allowlist of the worker's (`task_environment`, docs/SECURITY.md): it
+never holds the Redis credential (DISTCOMP_REDIS_*) nor the worker's settings.
 """
 
 from __future__ import annotations
@@ -17,11 +20,43 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO
 
+from distcomp_obs.config import env_passthrough, secret_env
+from distcomp_obs.errors import ConfigError
 from distcomp_obs.task import Task, TaskType
 from distcomp_obs.worker.guard import TaskGuard
+
+#: variables every task gets from the worker's environment (when the worker has them)
+TASK_ENV = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH",
+    "VIRTUAL_ENV",
+})  # fmt: skip
+#: ... and every variable named with one of these prefixes: the locale, and distcomp's own settings
+#: (DISTCOMP_LOG_LEVEL, ...: a task that runs `distcomp` sees the worker's queue) less the secrets
+TASK_ENV_PREFIXES = ("LC_", "DISTCOMP_")
+#: the environment variable of the task_env_passthrough setting (read when no env is handed to run_task)
+PASSTHROUGH_ENV = "DISTCOMP_TASK_ENV_PASSTHROUGH"
+
+
+def task_environment(environ: Mapping[str, str] | None = None, passthrough: str | None = None) -> dict[str, str]:
+    """What a task's environment holds of `environ` (default: this process's): the allowlist
+    (TASK_ENV, TASK_ENV_PREFIXES), plus what `passthrough` (a task_env_passthrough value: names,
+    NAME*, *; default: DISTCOMP_TASK_ENV_PASSTHROUGH of `environ`) names, never a secret
+    (`config.secret_env`: the Redis URL, password and password file, the worker's settings JSON)."""
+    environ = os.environ if environ is None else environ
+    if passthrough is None:
+        try:  # validated with the worker's settings: changed since, it adds nothing
+            entries = env_passthrough(environ.get(PASSTHROUGH_ENV, ""))
+        except ConfigError:
+            entries = ()
+    else:
+        entries = env_passthrough(passthrough)
+    names = TASK_ENV | {e for e in entries if not e.endswith("*")}
+    prefixes = TASK_ENV_PREFIXES + tuple(e[:-1] for e in entries if e.endswith("*"))
+    return {k: v for k, v in environ.items() if (k in names or k.startswith(prefixes)) and not secret_env(k)}
 
 
 @dataclass
@@ -71,7 +106,9 @@ def _read(f: IO[bytes], limit: int, tail: bool) -> str:
 
 
 def run_task(task: Task, running: Running, timeout_s: float, output_limit: int, guard: TaskGuard | None = None,
-             ) -> Outcome:  # fmt: skip
+             env: Mapping[str, str] | None = None) -> Outcome:  # fmt: skip
+    """Run `task` to its end (or until the worker kills it). A subprocess gets `env` as its whole
+    environment; None: `task_environment()`, the allowlist of this process's environment."""
     if task.type is TaskType.BUILTIN:
         return _run_builtin(task, running, timeout_s)
     if task.type is TaskType.SHELL:
@@ -88,6 +125,7 @@ def run_task(task: Task, running: Running, timeout_s: float, output_limit: int, 
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
+                env=task_environment() if env is None else env,
                 start_new_session=True,
             )
         except OSError as exc:

@@ -245,10 +245,10 @@ class Fetcher:
         so nothing to reconcile; back off and let the loop retry the round trip itself."""
         self.p.redis.mark(False, "fetch", exc)
         if isinstance(exc, RedisRefused):
-            self._refused_delay = min(5.0, max(0.1, self._refused_delay * 2))
+            self._refused_delay = min(1.0, max(0.1, self._refused_delay * 2))
             self.p.stopping.wait(self._refused_delay * self.rng.uniform(0.5, 1.0))
             return
-        delay = 0.1
+        delay, down_since = 0.1, time.monotonic()
         while not self.p.hard_stop.is_set():
             start = time.perf_counter()
             time.sleep(delay * self.rng.uniform(0.5, 1.0))
@@ -258,9 +258,9 @@ class Fetcher:
                 self._reconcile()
                 break
             except REDIS_DOWN:
-                delay = min(5.0, delay * 2)
-            if self.p.stopping.is_set() and delay >= 5.0:
-                break
+                delay = min(1.0, delay * 2)  # capped low: after a failover every second of waiting is idle slots
+            if self.p.stopping.is_set() and time.monotonic() - down_since >= 5.0:
+                break  # draining and Redis stays away: stop waiting (shutdown keeps retrying reports)
         else:
             return
         if not self.p.hard_stop.is_set():

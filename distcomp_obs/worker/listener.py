@@ -3,6 +3,7 @@ worker claims a submitted task at once instead of at its next poll."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 
@@ -34,6 +35,9 @@ class WakeListener:
                     pubsub = self.q.subscribe_wake()
                 self._handle(pubsub.get_message(timeout=1.0))
             except REDIS_DOWN:
+                if pubsub is not None:  # free its socket now, not at garbage collection
+                    with contextlib.suppress(*REDIS_DOWN):
+                        pubsub.close()
                 pubsub = None
                 self.wake.maybe_missed()  # poll once reconnected
                 self.stopped.wait(0.5)

@@ -20,7 +20,7 @@ from distcomp_obs.metrics import WorkerMetrics
 from distcomp_obs.task import Task
 from distcomp_obs.worker import policy
 from distcomp_obs.worker.buffer import Held, PrefetchBuffer
-from distcomp_obs.worker.execute import Outcome, Running, run_task
+from distcomp_obs.worker.execute import Outcome, Running, run_task, task_environment
 from distcomp_obs.worker.guard import TaskGuard
 from distcomp_obs.worker.health import Lease
 from distcomp_obs.worker.results import Result, Results
@@ -56,6 +56,8 @@ class SlotPool:
     ) -> None:
         self.s = settings
         self.lease = lease or Lease(settings.name or "-", math.inf)  # without one (tests): always trusted
+        # built once: the allowlist of this process's environment plus task_env_passthrough, no secret
+        self.task_env = task_environment(passthrough=settings.task_env_passthrough)
         self.buffer = buffer
         self.results = results
         self.wake = wake
@@ -175,7 +177,8 @@ class SlotPool:
         tt = None if tracer is None else tracer.start_process(held)  # spans start with the task
         start = time.perf_counter()
         try:
-            outcome = run_task(held.task, running, self.s.task_timeout_s, self.s.output_limit_bytes, self.guard)
+            outcome = run_task(held.task, running, self.s.task_timeout_s, self.s.output_limit_bytes, self.guard,
+                               self.task_env)  # fmt: skip
         except Exception as exc:  # a bug in running must fail the task, not kill the slot
             log.exception("worker %s: error running %r", self.s.name, held.line)
             outcome = Outcome(False, f"worker error: {exc!r}")
