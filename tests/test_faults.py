@@ -540,7 +540,14 @@ def test_clock_skew_on_one_worker(
     # A 5 s lease, not the 1 s of FAST: this test is about clocks, and a loaded CI machine can stall
     # a heartbeat past 1 s, which would look like the expiry this test must not see.
     slack = ("--lease", "5", "--heartbeat-interval", "0.5")
-    skewed = start_worker(pipeline, "--concurrency", "2", *slack, name="skewed", env={**env, "SKEWED": "1"})
+    skewed = start_worker(
+        pipeline,
+        "--concurrency",
+        "2",
+        *slack,
+        name="skewed",
+        env={**env, "SKEWED": "1", "DISTCOMP_TASK_ENV_PASSTHROUGH": "SKEWED"},
+    )
     try:
         wait_until(lambda: "skewed" in queue.workers(), 15, what="skewed worker registered")
         normal = start_worker(pipeline, "--concurrency", "2", *slack, name="normal")
