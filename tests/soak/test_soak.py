@@ -2,7 +2,9 @@
 and restarted at random, one worker frozen (SIGSTOP) past its lease, Redis restarted once (AOF,
 fsync always) and made read-only once (a demoted master: REPLICAOF a dead port). At the end the
 audit holds, and duplicate executions are counted and bounded by what could have been running
-at each fault.
+at each fault. The `sentinel` variant runs the same chaos against a master, a replica and three
+Sentinels, and replaces the Redis restart with a failover (kill -9 of the master) and the read-only
+period with nothing (the failover is the demotion).
 
 CI runs a short version (~2 minutes). The long one (docs/RELIABILITY.md):
 
@@ -24,12 +26,14 @@ from typing import Any
 import pytest
 
 from distcomp_obs.audit import AuditReport, audit
+from distcomp_obs.errors import RedisUnavailable
 from distcomp_obs.netutil import free_port
 from distcomp_obs.queue import Queue
 from distcomp_obs.redis_io import connect
 from distcomp_obs.redis_server import RedisServer
-from tests.conftest import WorkerProc, wait_until
+from tests.conftest import WorkerProc, require, wait_until
 from tests.fault_tools import executions
+from tests.sentinel_tools import SentinelDeployment
 
 TASKS = int(os.environ.get("DISTCOMP_SOAK_TASKS", "2000"))
 CHAOS_S = float(os.environ.get("DISTCOMP_SOAK_SECONDS", "45"))
@@ -64,8 +68,17 @@ def mixed_tasks(n: int, log: Path, rng: random.Random) -> tuple[list[str], set[s
     return tasks, failing
 
 
-@pytest.fixture
-def soak_redis(tmp_path: Path) -> Iterator[RedisServer]:
+@pytest.fixture(params=["aof", "sentinel"])
+def soak_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer | SentinelDeployment]:
+    if request.param == "sentinel":
+        try:
+            deployment = SentinelDeployment().start()
+        except RedisUnavailable as exc:
+            require(False, str(exc))
+            raise
+        yield deployment
+        deployment.cleanup()
+        return
     server = RedisServer(port=free_port(), appendonly=True, directory=str(tmp_path / "redis"),
                          extra_args=["--appendfsync", "always"]).start()  # fmt: skip
     yield server
@@ -76,14 +89,16 @@ class Chaos:
     """The soak's workers and faults: spawns, kills (SIGKILL/SIGTERM, some restarted under the
     same name), one Redis restart; counts each fault for the duplicate bound."""
 
-    def __init__(self, redis_server: RedisServer, prefix: str, start_worker: StartWorker, rng: random.Random) -> None:
+    def __init__(self, redis_server: RedisServer | SentinelDeployment, prefix: str, start_worker: StartWorker,
+                 rng: random.Random) -> None:  # fmt: skip
         self.redis, self.prefix, self.start_worker, self.rng = redis_server, prefix, start_worker, rng
         self.url = redis_server.url
+        self.sentinel = isinstance(redis_server, SentinelDeployment)
         self.flags = ["--concurrency", str(CONCURRENCY), "--prefetch", "8", "--max-retry-per-task", "2", *TIMINGS]
         self.live: dict[str, WorkerProc] = {}
         self.serial = 0
         self.stats = {"sigkill": 0, "sigterm": 0, "redis_restarts": 0, "restarts_same_name": 0, "sigstops": 0,
-                      "read_only_periods": 0}  # fmt: skip
+                      "read_only_periods": 0, "failovers": 0}  # fmt: skip
         self.q = Queue(connect(self.url), prefix)
 
     def spawn(self, name: str | None = None) -> None:
@@ -97,6 +112,10 @@ class Chaos:
             self.spawn()
 
     def restart_redis(self) -> None:
+        if isinstance(self.redis, SentinelDeployment):  # a failover: the master dies, the replica takes over
+            self.redis.wait_failover(self.redis.kill_master())
+            self.stats["failovers"] += 1
+            return
         self.redis.stop(kill=self.rng.random() < 0.5)
         time.sleep(self.rng.uniform(0.5, 2.0))  # Redis down for a moment
         self.redis.start()
@@ -151,7 +170,7 @@ class Chaos:
                 self.freeze_one()
                 freeze_at = 0
                 continue
-            if read_only_at and time.monotonic() >= read_only_at:
+            if read_only_at and time.monotonic() >= read_only_at and not self.sentinel:
                 self.read_only_period()
                 read_only_at = 0
                 continue
@@ -178,8 +197,12 @@ def soak_summary(chaos: Chaos, tasks: list[str], failing: set[str], log: Path, r
     # Each kill or grace-period kill re-runs at most what that worker was running; a Redis
     # restart can at worst expire every lease (all running tasks); lost replies are reconciled.
     # A freeze re-runs what the frozen worker was running; a read-only period can expire every lease.
-    bound = CONCURRENCY * (chaos.kills + stats["sigstops"] + WORKERS * (stats["redis_restarts"] * 2
-                                                                        + stats["read_only_periods"]))  # fmt: skip
+    # A failover can also lose the last reports the replica had not received: a worker's unreported
+    # results and buffer (CONCURRENCY + prefetch 8) per worker.
+    bound = CONCURRENCY * (
+        chaos.kills + stats["sigstops"] + WORKERS * (stats["redis_restarts"] * 2 + stats["read_only_periods"])
+    )
+    bound += WORKERS * (CONCURRENCY + 8 + CONCURRENCY) * stats["failovers"]  # fmt: skip
     return {
         **stats, "tasks": TASKS, "chaos_s": CHAOS_S, "workers": WORKERS, "finished": len(finished),
         "failed": len(failed), "failing_by_design": len(failing), "executions": sum(counts.values()),
@@ -222,5 +245,5 @@ def test_chaos_soak(soak_redis: RedisServer, prefix: str, start_worker: StartWor
     assert not never_ran, f"finished without ever running: {never_ran[:5]}"
     assert set(failed) == {tasks[int(i)] for i in failing}, "only the failing tasks fail"
     assert not poisoned
-    assert chaos.kills >= 3 and chaos.stats["redis_restarts"] == 1
+    assert chaos.kills >= 3 and chaos.stats["redis_restarts"] + chaos.stats["failovers"] == 1
     assert details["duplicate_executions"] <= details["duplicate_bound"], details
