@@ -1,4 +1,4 @@
-"""Small network helpers shared by the bench, `distcomp run` and the tests."""
+"""Small network helpers shared by the bench, `distcomp run`, the Redis URL parsers and the tests."""
 
 from __future__ import annotations
 
@@ -10,3 +10,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def host_port(item: str, default_port: int) -> tuple[str, int]:
+    """`host:port`, `host` (default_port) or `[v6]:port` -> (host, port); ValueError if malformed."""
+    host, port = item, str(default_port)
+    if item.startswith("["):
+        host, bracket, rest = item[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad host {item!r}")
+        port = rest[1:] or port
+    elif ":" in item:
+        host, _, port = item.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad host:port {item!r}")
+    return host, int(port)

@@ -15,6 +15,7 @@ from redis.retry import Retry
 
 from distcomp_obs.errors import RedisUnavailable
 from distcomp_obs.metrics import ROUNDTRIP_OPS, WorkerMetrics, classify_redis_error
+from distcomp_obs.netutil import host_port
 from distcomp_obs.redis_sentinel import connect_sentinel, is_sentinel_url
 from distcomp_obs.redis_url import client_url
 from distcomp_obs.redis_url import redact_url as redact_url  # re-exported: callers import it from here
@@ -35,21 +36,6 @@ def is_cluster_url(url: str) -> bool:
     return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
 
 
-def _host_port(item: str) -> tuple[str, int]:
-    """`host:port`, `host` (port 6379) or `[v6]:port` -> (host, port); ValueError if malformed."""
-    host, port = item, "6379"
-    if item.startswith("["):
-        host, bracket, rest = item[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise ValueError(f"bad host {item!r}")
-        port = rest[1:] or port
-    elif ":" in item:
-        host, _, port = item.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad host:port {item!r}")
-    return host, int(port)
-
-
 def parse_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
     """A cluster URL -> (the URL of its first node with the plain scheme, for redis-py to read
     credentials, TLS and query options from; every startup node as (host, port)).
@@ -64,7 +50,7 @@ def parse_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
     rest, question, query_text = rest.partition("?")
     netloc, slash, path = rest.partition("/")
     userinfo, at, hosts = netloc.rpartition("@")
-    nodes = [_host_port(item.strip()) for item in hosts.split(",") if item.strip()]
+    nodes = [host_port(item.strip(), 6379) for item in hosts.split(",") if item.strip()]
     if not nodes:
         raise ValueError("no host:port")
     if path.strip("/") not in ("", "0"):

@@ -43,6 +43,8 @@ from redis.connection import parse_url
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
+from distcomp_obs.netutil import host_port
+
 #: URL schemes of a Sentinel-managed master, and the plain scheme each stands for
 SENTINEL_SCHEMES = {"redis+sentinel": "redis", "rediss+sentinel": "rediss"}
 #: a sentinel's port when the URL gives none
@@ -73,21 +75,6 @@ class SentinelTarget:
     sentinel_auth: bool = False
 
 
-def _host_port(item: str) -> tuple[str, int]:
-    """`host:port`, `host` (port 26379) or `[v6]:port` -> (host, port); ValueError if malformed."""
-    host, port = item, str(SENTINEL_PORT)
-    if item.startswith("["):
-        host, bracket, rest = item[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise ValueError(f"bad host {item!r}")
-        port = rest[1:] or port
-    elif ":" in item:
-        host, _, port = item.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad host:port {item!r}")
-    return host, int(port)
-
-
 def parse_sentinel_url(url: str) -> SentinelTarget:
     """A sentinel URL -> SentinelTarget. ValueError if it is not one, names no sentinel or no
     service, has a malformed host, port or database, or an unknown `sentinel_auth`."""
@@ -97,7 +84,7 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
         raise ValueError(f"not a sentinel URL (expected {' or '.join(s + '://' for s in SENTINEL_SCHEMES)})")
     parts = urlsplit(url)
     userinfo, at, hosts = parts.netloc.rpartition("@")
-    sentinels = [_host_port(item.strip()) for item in hosts.split(",") if item.strip()]
+    sentinels = [host_port(item.strip(), SENTINEL_PORT) for item in hosts.split(",") if item.strip()]
     if not sentinels:
         raise ValueError("no sentinel host:port")
     path = [unquote(p) for p in parts.path.strip("/").split("/")]
