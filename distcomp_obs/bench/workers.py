@@ -72,7 +72,8 @@ class WorkerGroup:
         started = []
         for i in range(first_index, first_index + n):
             name = f"bench-{self.variant.name}-{i}"
-            argv = [sys.executable, "-m", "distcomp_obs", "worker", "--redis-url", self.redis_url]
+            # the URL goes in the environment, not argv: a password in it would show in `ps`
+            argv = [sys.executable, "-m", "distcomp_obs", "worker"]
             argv += ["--prefix", self.prefix, "--name", name, "--concurrency", str(self.concurrency)]
             argv += ["--variant", self.variant.name, *self.variant.flags, *self.extra_flags]
             url = ""
@@ -83,7 +84,8 @@ class WorkerGroup:
             else:
                 argv.append("--no-metrics")
             log_path = self.log_dir / f"{self.prefix.rstrip(':')}-{name}.log"
-            env = {**os.environ, "DISTCOMP_LOG_LEVEL": "WARNING", "OTEL_SDK_DISABLED": "true"}
+            env = {**os.environ, "DISTCOMP_LOG_LEVEL": "WARNING", "OTEL_SDK_DISABLED": "true",
+                   "DISTCOMP_REDIS_URL": self.redis_url}  # fmt: skip
             if self.variant.env:
                 env.pop("OTEL_SDK_DISABLED")
                 env.update(dict(self.variant.env))
