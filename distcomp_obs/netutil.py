@@ -25,3 +25,12 @@ def host_port(item: str, default_port: int) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"bad host:port {item!r}")
     return host, int(port)
+
+
+def split_url(url: str) -> tuple[str, str, str]:
+    """(netloc, path, query) of `scheme://netloc/path?query#fragment`, split by hand: urllib
+    rejects a host list holding an [IPv6] entry ("Invalid IPv6 URL", Python 3.11.2)."""
+    rest = url.partition("://")[2].partition("#")[0]
+    rest, _, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    return netloc, slash + path, query

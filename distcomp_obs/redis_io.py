@@ -15,7 +15,7 @@ from redis.retry import Retry
 
 from distcomp_obs.errors import RedisUnavailable
 from distcomp_obs.metrics import ROUNDTRIP_OPS, WorkerMetrics, classify_redis_error
-from distcomp_obs.netutil import host_port
+from distcomp_obs.netutil import host_port, split_url
 from distcomp_obs.redis_sentinel import connect_sentinel, is_sentinel_url
 from distcomp_obs.redis_url import client_url
 from distcomp_obs.redis_url import redact_url as redact_url  # re-exported: callers import it from here
@@ -45,10 +45,7 @@ def parse_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
     plain = CLUSTER_SCHEMES.get(scheme.lower())
     if not sep or plain is None:
         raise ValueError(f"not a cluster URL (expected {' or '.join(s + '://' for s in CLUSTER_SCHEMES)})")
-    # split by hand: urllib rejects a host list holding an [IPv6] entry ("Invalid IPv6 URL", 3.11.2)
-    rest = url.partition("://")[2].partition("#")[0]
-    rest, question, query_text = rest.partition("?")
-    netloc, slash, path = rest.partition("/")
+    netloc, path, query_text = split_url(url)
     userinfo, at, hosts = netloc.rpartition("@")
     nodes = [host_port(item.strip(), 6379) for item in hosts.split(",") if item.strip()]
     if not nodes:

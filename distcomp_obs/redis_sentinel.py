@@ -34,7 +34,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode
 
 import redis
 from redis.backoff import NoBackoff
@@ -43,7 +43,7 @@ from redis.connection import parse_url
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
-from distcomp_obs.netutil import host_port
+from distcomp_obs.netutil import host_port, split_url
 
 #: URL schemes of a Sentinel-managed master, and the plain scheme each stands for
 SENTINEL_SCHEMES = {"redis+sentinel": "redis", "rediss+sentinel": "rediss"}
@@ -82,18 +82,18 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     plain = SENTINEL_SCHEMES.get(scheme.lower())
     if not sep or plain is None:
         raise ValueError(f"not a sentinel URL (expected {' or '.join(s + '://' for s in SENTINEL_SCHEMES)})")
-    parts = urlsplit(url)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
+    netloc, url_path, url_query = split_url(url)
+    userinfo, at, hosts = netloc.rpartition("@")
     sentinels = [host_port(item.strip(), SENTINEL_PORT) for item in hosts.split(",") if item.strip()]
     if not sentinels:
         raise ValueError("no sentinel host:port")
-    path = [unquote(p) for p in parts.path.strip("/").split("/")]
+    path = [unquote(p) for p in url_path.strip("/").split("/")]
     service, db = path[0], path[1] if len(path) > 1 else "0"
     if not service or any(c.isspace() for c in service):
         raise ValueError("no service name (.../service_name[/db])")
     if len(path) > 2 or not db.isdigit():
         raise ValueError(f"bad database {'/'.join(path[1:])!r} (.../service_name[/db], db a number)")
-    query = parse_qsl(parts.query, keep_blank_values=True)
+    query = parse_qsl(url_query, keep_blank_values=True)
     auth = [v for k, v in query if k == SENTINEL_AUTH]
     if auth and auth[-1] not in ("url", "none"):
         raise ValueError(f"{SENTINEL_AUTH} must be 'url' or 'none', not {auth[-1]!r}")
