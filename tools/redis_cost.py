@@ -53,9 +53,11 @@ print(json.dumps({"submit_us_per_line": (c1 - c0) * 1e6 / n, "submit_lines_per_s
 
 
 def one_run(tree: str, tasks: int) -> dict[str, float]:
-    env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
-    out = subprocess.run([sys.executable, "-c", ONE_RUN, str(tasks)], env=env, capture_output=True, text=True,
-                         check=True)  # fmt: skip
+    root = os.path.abspath(tree)
+    # run inside the tree: `python -c` puts the working directory first on sys.path, before PYTHONPATH
+    env = dict(os.environ, PYTHONPATH=root)
+    out = subprocess.run([sys.executable, "-c", ONE_RUN, str(tasks)], env=env, cwd=root, capture_output=True,
+                         text=True, check=True)  # fmt: skip
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
