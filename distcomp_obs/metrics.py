@@ -191,7 +191,4 @@ def classify_redis_error(exc: BaseException) -> str:
         return "connection"
     if isinstance(exc, redis.exceptions.NoScriptError):
         return "script"
-    code = str(getattr(exc, "status_code", "") or "") or str(exc).split(" ", 1)[0]
-    if code in ("READONLY", "MISCONF", "OOM", "LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS"):
-        return code.lower()  # Redis refusing to serve (redis_io.REFUSALS): handled like an outage
-    return "response"
+    return "response"  # RoundTrips names the refusals among these (redis_io.REFUSALS)

@@ -382,8 +382,11 @@ class RoundTrips:
         try:
             result = fn(*args, **kwargs)
         except redis.RedisError as exc:
-            self.metrics.redis_errors.labels(op, classify_redis_error(exc)).inc()
             code = refusal_code(exc)
+            label = classify_redis_error(exc)
+            if label == "response" and code is not None:
+                label = code.lower()  # Redis refusing to serve: handled like an outage
+            self.metrics.redis_errors.labels(op, label).inc()
             if code is not None and not isinstance(exc, RedisRefused):
                 raise RedisRefused(code, str(exc)) from exc
             raise
