@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 
 def free_port() -> int:
@@ -34,3 +36,31 @@ def split_url(url: str) -> tuple[str, str, str]:
     rest, _, query = rest.partition("?")
     netloc, slash, path = rest.partition("/")
     return netloc, slash + path, query
+
+
+@dataclass(frozen=True)
+class HostListURL:
+    """`scheme://[userinfo@]host:port[,host:port...]/path?query`, the form of cluster and sentinel URLs."""
+
+    plain: str  # the plain scheme the URL's scheme stands for (redis or rediss)
+    userinfo: str  # "user:password@" as written, or ""
+    hosts: list[tuple[str, int]]
+    path: str
+    query: str
+
+
+def parse_host_list_url(url: str, schemes: Mapping[str, str], default_port: int, kind: str,
+                        no_hosts: str) -> HostListURL:  # fmt: skip
+    """Split a URL whose scheme is one of `schemes` (scheme -> its plain one) and whose host part
+    lists hosts. ValueError naming `kind` for another scheme, `no_hosts` when none is listed, or
+    what is wrong with a host or port."""
+    scheme, sep, _ = url.partition("://")
+    plain = schemes.get(scheme.lower())
+    if not sep or plain is None:
+        raise ValueError(f"not a {kind} URL (expected {' or '.join(s + '://' for s in schemes)})")
+    netloc, path, query = split_url(url)
+    userinfo, at, hosts = netloc.rpartition("@")
+    nodes = [host_port(item.strip(), default_port) for item in hosts.split(",") if item.strip()]
+    if not nodes:
+        raise ValueError(no_hosts)
+    return HostListURL(plain, userinfo + at, nodes, path, query)

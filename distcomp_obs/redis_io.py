@@ -15,7 +15,7 @@ from redis.retry import Retry
 
 from distcomp_obs.errors import RedisUnavailable
 from distcomp_obs.metrics import ROUNDTRIP_OPS, WorkerMetrics, classify_redis_error
-from distcomp_obs.netutil import host_port, split_url
+from distcomp_obs.netutil import parse_host_list_url
 from distcomp_obs.redis_sentinel import connect_sentinel, is_sentinel_url
 from distcomp_obs.redis_url import client_url
 from distcomp_obs.redis_url import redact_url as redact_url  # re-exported: callers import it from here
@@ -41,21 +41,13 @@ def parse_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
     credentials, TLS and query options from; every startup node as (host, port)).
     ValueError if it is not a cluster URL, names no host, has a malformed host or port, or selects
     a database other than 0 (a cluster has only db 0)."""
-    scheme, sep, _ = url.partition("://")
-    plain = CLUSTER_SCHEMES.get(scheme.lower())
-    if not sep or plain is None:
-        raise ValueError(f"not a cluster URL (expected {' or '.join(s + '://' for s in CLUSTER_SCHEMES)})")
-    netloc, path, query_text = split_url(url)
-    userinfo, at, hosts = netloc.rpartition("@")
-    nodes = [host_port(item.strip(), 6379) for item in hosts.split(",") if item.strip()]
-    if not nodes:
-        raise ValueError("no host:port")
-    if path.strip("/") not in ("", "0"):
+    parts = parse_host_list_url(url, CLUSTER_SCHEMES, 6379, "cluster", "no host:port")
+    if parts.path.strip("/") not in ("", "0"):
         raise ValueError("a Redis Cluster has only database 0")
-    host, port = nodes[0]
+    host, port = parts.hosts[0]
     first = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    query = f"?{query_text}" if query_text else ""
-    return f"{plain}://{userinfo}{at}{first}/{query}", nodes
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{parts.plain}://{parts.userinfo}{first}/{query}", parts.hosts
 
 
 def connect(url: str, *, timeout_s: float | None = 5.0, check: bool = True) -> Client:

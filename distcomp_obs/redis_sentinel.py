@@ -43,7 +43,7 @@ from redis.connection import parse_url
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
-from distcomp_obs.netutil import host_port, split_url
+from distcomp_obs.netutil import parse_host_list_url
 
 #: URL schemes of a Sentinel-managed master, and the plain scheme each stands for
 SENTINEL_SCHEMES = {"redis+sentinel": "redis", "rediss+sentinel": "rediss"}
@@ -78,29 +78,22 @@ class SentinelTarget:
 def parse_sentinel_url(url: str) -> SentinelTarget:
     """A sentinel URL -> SentinelTarget. ValueError if it is not one, names no sentinel or no
     service, has a malformed host, port or database, or an unknown `sentinel_auth`."""
-    scheme, sep, _ = url.partition("://")
-    plain = SENTINEL_SCHEMES.get(scheme.lower())
-    if not sep or plain is None:
-        raise ValueError(f"not a sentinel URL (expected {' or '.join(s + '://' for s in SENTINEL_SCHEMES)})")
-    netloc, url_path, url_query = split_url(url)
-    userinfo, at, hosts = netloc.rpartition("@")
-    sentinels = [host_port(item.strip(), SENTINEL_PORT) for item in hosts.split(",") if item.strip()]
-    if not sentinels:
-        raise ValueError("no sentinel host:port")
-    path = [unquote(p) for p in url_path.strip("/").split("/")]
+    parts = parse_host_list_url(url, SENTINEL_SCHEMES, SENTINEL_PORT, "sentinel", "no sentinel host:port")
+    plain, sentinels = parts.plain, parts.hosts
+    path = [unquote(p) for p in parts.path.strip("/").split("/")]
     service, db = path[0], path[1] if len(path) > 1 else "0"
     if not service or any(c.isspace() for c in service):
         raise ValueError("no service name (.../service_name[/db])")
     if len(path) > 2 or not db.isdigit():
         raise ValueError(f"bad database {'/'.join(path[1:])!r} (.../service_name[/db], db a number)")
-    query = parse_qsl(url_query, keep_blank_values=True)
+    query = parse_qsl(parts.query, keep_blank_values=True)
     auth = [v for k, v in query if k == SENTINEL_AUTH]
     if auth and auth[-1] not in ("url", "none"):
         raise ValueError(f"{SENTINEL_AUTH} must be 'url' or 'none', not {auth[-1]!r}")
     rest = urlencode([(k, v) for k, v in query if k != SENTINEL_AUTH])
     # redis-py reads credentials and options from a plain URL of one host (the first sentinel's
     # address stands in; it is dropped below)
-    one_host = f"{plain}://{userinfo}{at}127.0.0.1/{db}" + (f"?{rest}" if rest else "")
+    one_host = f"{plain}://{parts.userinfo}127.0.0.1/{db}" + (f"?{rest}" if rest else "")
     options: dict[str, Any] = parse_url(one_host)  # type: ignore[no-untyped-call]
     for key in ("host", "port", "connection_class"):
         options.pop(key, None)
