@@ -10,6 +10,7 @@ in exactly one state. With `expect_done` nothing may be left waiting or running 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,19 +63,16 @@ def _check_todo(
     """todo_tasks holds each waiting task once, under its resource class and its submit order, and
     every class with a waiting task is listed in todo_classes (which may also list emptied ones).
     Returns the waiting tasks."""
-    tasks = [m.split("|", 2)[2] for m in members]
-    todo = set(tasks)
-    problem(len(tasks) != len(todo), "waiting twice in todo_tasks", [t for t in todo if tasks.count(t) > 1])
-    misplaced = [
-        m.split("|", 2)[2]
-        for m in members
-        if m != todo_member(m.split("|", 2)[2], parse_line(m.split("|", 2)[2]).priority,
-                            parse_meta(known.get(m.split("|", 2)[2], ""))[0])
-    ]  # fmt: skip
+    task_of = {m: m.split("|", 2)[2] for m in members}
+    copies = Counter(task_of.values())
+    twice = [t for t, n in copies.items() if n > 1]
+    problem(bool(twice), "waiting twice in todo_tasks", twice)
+    misplaced = [t for m, t in task_of.items()
+                 if m != todo_member(t, parse_line(t).priority, parse_meta(known.get(t, ""))[0])]  # fmt: skip
     problem(bool(misplaced), "todo_tasks members out of their class or submit order", misplaced)
     unlisted = {m.split("|", 1)[0] for m in members} - classes
     problem(bool(unlisted), "resource classes with waiting tasks missing from todo_classes", unlisted)
-    return todo
+    return set(copies)
 
 
 def _check_phantoms(problem: Callable[[bool, str, Iterable[str]], None], name: str, info: dict[str, Any],
