@@ -94,8 +94,7 @@ class Chores:
                     continue
                 try:
                     chore.due = now + chore.run()
-                    if chore.name != "memory":
-                        self.redis.mark(True, chore.name)
+                    self.redis.mark(True, chore.name)  # clears only what this chore marked down
                 except REDIS_DOWN as exc:  # an idle worker learns of outages here; each chore on its own
                     self.redis.mark(False, chore.name, exc)
                     chore.due = now + chore.on_redis_down
