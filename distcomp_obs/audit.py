@@ -122,6 +122,11 @@ def audit(q: Queue, submitted: Iterable[str] | None = None, expect_done: bool = 
             rep.problems.append(f"{text}: {_sample(items)}")
 
     todo = _check_todo(problem, members, classes, known)
+    ids = _fields(r.hgetall(k.task_ids))
+    expected_ids = {str(parse_meta(meta)[0]): task for task, meta in known.items()}
+    problem(ids != expected_ids, "task ids disagree with the known tasks",
+            {f"{i}: {ids.get(i)!r} vs {expected_ids.get(i)!r}" for i in set(ids) ^ set(expected_ids)}
+            | {i for i in set(ids) & set(expected_ids) if ids[i] != expected_ids[i]})  # fmt: skip
     in_progress = set(holdings)
     unregistered = [t for t, h in holdings.items() if h.worker not in workers]
     problem(bool(unregistered), "in-progress tasks held by an unregistered worker", unregistered)

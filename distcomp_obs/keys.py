@@ -40,6 +40,10 @@ class Keys:
         return self._k("tasks")
 
     @property
+    def task_ids(self) -> str:  # HASH id (the task's seq, decimal) -> task: what `distcomp task ID` resolves
+        return self._k("task_ids")
+
+    @property
     def todo_tasks(self) -> str:  # ZSET, all scores 0: "dram:cpu|<17-digit claim score>|task" for each
         # waiting task, read by lexical range per resource class (no head-of-line block); claim
         # score = (MAX_PRIORITY - priority) * 2^32 + seq
@@ -141,6 +145,7 @@ class Keys:
 #: past its end are script specific (reap.lua's lease keys start at FIRST_EXTRA_KEY).
 SCRIPT_KEYS: tuple[str, ...] = (
     "tasks",
+    "task_ids",
     "todo_tasks",
     "todo_classes",
     "in_progress_tasks",

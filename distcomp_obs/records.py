@@ -14,10 +14,10 @@ from distcomp_obs.task import MAX_PRIORITY
 
 #: How far down the priority index a claim looks for tasks this worker may run.
 CLAIM_WINDOW = 200
-#: The record layout a queue was written with (its `layout` key). 3: one field per task and
+#: The record layout a queue was written with (its `layout` key). 4: task ids (`task_ids`). 3: one field per task and
 #: state (lua/lib.lua), keys hash-tagged `{prefix}:`; 2 had the claim-by-class index beside a
 #: priority index and per-task side records; a queue without the key but with tasks predates 2.
-LAYOUT = 3
+LAYOUT = 4
 
 
 class ReportCode(IntEnum):
@@ -128,6 +128,24 @@ class DoneRecord:
         """The one-command protocol writes records itself (lua/lib.lua `record` makes the same)."""
         header = json.dumps({"token": token, "worker": worker, "at": at_ms, **detail}, separators=(",", ":"))
         return f"{header}\n{body}"
+
+
+@dataclass(slots=True)
+class TaskView:
+    """One task as `distcomp task` and the console show it (queue/views.py reads it)."""
+
+    id: str  # its submit seq: short, stable until it is forgotten
+    line: str
+    state: str  # todo | in_progress | finished | failed (| unknown: in no state, see the audit)
+    priority: int
+    submitted_s: float | None  # server time
+    worker: str = ""  # its holder while in progress
+    started: bool = False  # in progress and reported started (not only buffered)
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # each attempt's header: worker, at, ms, exit, reason
+    output: str = ""  # a finished task's stdout, a failed one's reason
+
+    def as_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 @dataclass(slots=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from distcomp_obs.audit import audit
 from distcomp_obs.queue import Queue
 from distcomp_obs.records import ClaimLimits, Report
 from distcomp_obs.task import MAX_REPORTED_ERRORS
@@ -490,3 +491,24 @@ def test_readme_says_exactly_which_commands_take_which_common_flags() -> None:
         assert "--json" in flags[name], name
     for name in named(r"The commands that log \((.*?)\) take `--log-level`"):
         assert {"--log-level", "--log-format"} <= flags[name], name
+
+
+def test_task_shows_one_task_by_id_or_line(redis_url: str, prefix: str, queue: Queue) -> None:
+    """Issue 12: every task has a short stable id (its submit number); `distcomp task ID` shows
+    its whole record; an unknown id is one line and exit 2; a forgotten task's id goes with it."""
+    _settle(queue, {"shell:1:0:0:ok": ("finished", "the output\n"), "shell:1:0:0:ko": ("failed", "exit code 3")})
+    ok_id = str(queue.meta("shell:1:0:0:ok")[0])  # type: ignore[index]
+    code, out, _ = cli(redis_url, prefix, "task", ok_id)
+    assert code == 0 and f"task {ok_id}: shell:1:0:0:ok" in out and "state finished" in out, out
+    assert "the output" in out
+    code, out, _ = cli(redis_url, prefix, "task", "shell:1:0:0:ko", "--json")
+    data = json.loads(out)
+    assert data["state"] == "failed" and data["attempts"][-1]["reason"].startswith("exit code 3"), data
+    assert data["id"] == str(queue.meta("shell:1:0:0:ko")[0])  # type: ignore[index]
+    code, _, err = cli(redis_url, prefix, "task", "99999")
+    assert code == 2 and "no task with id or line '99999'" in err, err
+    assert audit(queue).ok
+    queue.forget("finished", ["shell:1:0:0:ok"])
+    code, _, err = cli(redis_url, prefix, "task", ok_id)
+    assert code == 2, err
+    assert audit(queue).ok

@@ -5,6 +5,7 @@ The package's modules, none of which imports this one (nor does anything outside
   run.py             `run` (the library side is distcomp_obs.localrun)
   queue_commands.py  submit, worker, status, workers, the manager commands, config check
   bench.py           exporter, bench, loadgen
+  console.py         console (the library side is distcomp_obs.console)
 Building the parser imports nothing heavy (redis, yaml, prometheus_client, opentelemetry, psutil,
 the queue, worker, exporter, bench): the handlers import them, so `distcomp --help` stays fast
 (tests/test_cli.py checks which modules it loads).
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from distcomp_obs import __version__
-from distcomp_obs.cli import bench, queue_commands, run
+from distcomp_obs.cli import bench, console, queue_commands, run, task_commands
 from distcomp_obs.cli.common import DistcompParser, early_log_settings
 from distcomp_obs.errors import run_command
 
@@ -27,6 +28,8 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     **run.HANDLERS,
     **queue_commands.HANDLERS,
     **bench.HANDLERS,
+    **task_commands.HANDLERS,
+    **console.HANDLERS,
 }
 
 DESCRIPTION = """\
@@ -54,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_parsers(sub)
     queue_commands.add_parsers(sub)
     bench.add_parsers(sub)
+    task_commands.add_parsers(sub)
+    console.add_parsers(sub)
     return parser
 
 

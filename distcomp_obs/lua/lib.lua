@@ -407,6 +407,7 @@ local function forget_done(task, only)
   if not state or (only and state ~= only) or redis.call('HEXISTS', K.in_progress_tasks, task) == 1 then
     return nil
   end
+  redis.call('HDEL', K.task_ids, tostring(seq_of(redis.call('HGET', K.tasks, task))))
   for _, name in ipairs(PER_TASK) do redis.call('HDEL', K[name], task) end
   return state
 end

@@ -22,7 +22,7 @@ for i = 3, #ARGV do
 end
 if #new == 0 then return 0 end
 local seq = redis.call('INCRBY', K.seq, #new) - #new
-local metas, index, classes, class_list, groups = {}, {}, {}, {}, {}
+local metas, ids, index, classes, class_list, groups = {}, {}, {}, {}, {}, {}
 local tail = ' ' .. submitted .. (ARGV[2] == '' and '' or (' ' .. ARGV[2]))
 local top = -1
 for _, task in ipairs(new) do
@@ -30,6 +30,8 @@ for _, task in ipairs(new) do
   local seq_digits = tostring(seq)  -- one number-to-text per line (each costs ~0.5 µs)
   metas[#metas + 1] = task
   metas[#metas + 1] = seq_digits .. tail
+  ids[#ids + 1] = seq_digits
+  ids[#ids + 1] = task
   local _, _, prio_text, dram, cpu = string.find(task, '^[^:]*:([^:]*):([^:]*):([^:]*):')
   local class = (dram or '0') .. ':' .. (cpu or '0')
   local group = groups[prio_text]
@@ -47,6 +49,7 @@ for _, task in ipairs(new) do
   end
 end
 call_many('HSET', K.tasks, metas)
+call_many('HSET', K.task_ids, ids)
 call_many('SADD', K.todo_classes, class_list)
 call_many('ZADD', K.todo_tasks, index)  -- claimable last
 redis.call('HINCRBY', K.stats, 'submitted', #new)

@@ -1,0 +1,52 @@
+"""Read models of single tasks: what `distcomp task ID` and the console show of one task.
+
+A task is named by its id (its submit `seq`, kept in `task_ids`) or by its line. One pipelined
+round trip reads every record the task may have; nothing here walks a whole hash.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from distcomp_obs.queue.core import Queue
+from distcomp_obs.records import DoneRecord, Holding, TaskView, parse_meta, todo_member
+from distcomp_obs.task import parse_line
+
+
+def resolve(q: Queue, ref: str) -> str | None:
+    """The task line `ref` names (an id, or a line), None if no such task is known."""
+    if ref.isdigit():
+        line = q.r.hget(q.keys.task_ids, ref)
+        if line is not None:
+            return str(line)
+    return ref if q.r.hexists(q.keys.tasks, ref) else None
+
+
+def task_view(q: Queue, ref: str) -> TaskView | None:
+    """Everything known of one task, or None if `ref` names no known task."""
+    line = resolve(q, ref)
+    if line is None:
+        return None
+    k = q.keys
+    pipe = q.r.pipeline(transaction=False)
+    for key in (k.tasks, k.in_progress_tasks, k.finished_tasks, k.failed_final, k.attempt_log):
+        pipe.hget(key, line)
+    meta, holding, finished, failed, log = pipe.execute()
+    if meta is None:  # forgotten meanwhile
+        return None
+    seq, submitted_us, _ = parse_meta(str(meta))
+    priority = parse_line(line).priority
+    attempts: list[dict[str, Any]] = [json.loads(x) for x in str(log or "").splitlines() if x.strip()]
+    view = TaskView(str(seq), line, "todo", priority, submitted_us / 1e6 if submitted_us else None, attempts=attempts)
+    if holding is not None:
+        held = Holding.parse(str(holding))
+        view.state, view.worker, view.started = "in_progress", held.worker, held.started
+    elif finished is not None or failed is not None:
+        record = DoneRecord.parse(str(finished if finished is not None else failed))
+        view.state = "finished" if finished is not None else "failed"
+        view.output = record.body
+        view.attempts.append({**record.header, **({"reason": record.body} if failed is not None else {})})
+    elif q.r.zscore(k.todo_tasks, todo_member(line, priority, seq)) is None:
+        view.state = "unknown"  # known but in no state: the audit reports it as lost
+    return view
