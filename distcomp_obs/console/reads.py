@@ -1,0 +1,241 @@
+"""The console's reads: pages of tasks by HSCAN/ZSCAN cursor, one task's record, the problems.
+
+Read-only, through `Queue`'s public read methods and its client (`q.r`) on the keys `q.keys`
+names. A page never walks a whole hash: it follows a SCAN cursor until it has `PAGE` rows, the
+cursor ends or its time budget is spent, and hands back the cursor to continue from.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from distcomp_obs.queue import Queue
+from distcomp_obs.records import DoneRecord, Holding, parse_meta, unrunnable
+
+PAGE = 50
+STATES = ("todo", "in_progress", "finished", "failed")
+#: what each state is called on the pages
+WORDS = {"todo": "waiting", "in_progress": "running", "finished": "finished", "failed": "failed"}
+#: HSCAN COUNT when the failed reasons are searched client-side
+VALUE_SCAN_COUNT = 500
+SEARCH_BUDGET_S = 0.3
+BRIEF = 160
+
+
+@dataclass
+class Row:
+    id: int | None
+    line: str
+    state: str
+    detail: str
+
+    def json(self) -> dict[str, Any]:
+        return {"id": self.id, "line": self.line, "state": self.state, "detail": self.detail}
+
+
+@dataclass
+class Page:
+    rows: list[Row]
+    cursor: str | None  # where the next page starts; None: the scan is complete
+    scanned: int = 0
+
+
+@dataclass
+class TaskView:
+    id: int | None
+    line: str
+    state: str
+    priority: int | None
+    submitted_s: float | None
+    worker: str = ""
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    stdout: str = ""
+    stderr: str = ""
+    reason: str = ""
+    holding: dict[str, Any] = field(default_factory=dict)
+
+    def json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def brief(text: str, limit: int = BRIEF) -> str:
+    one = " ".join(text.split())
+    return one if len(one) <= limit else one[: limit - 1] + "…"
+
+
+def glob_pattern(text: str) -> str:
+    """`*TEXT*` as a Redis glob matching TEXT anywhere, case-insensitively, its specials escaped."""
+    out = []
+    for ch in text:
+        if ch.isalpha() and ch.lower() != ch.upper():
+            out.append(f"[{ch.lower()}{ch.upper()}]")
+        elif ch in "*?[]\\^":
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "*" + "".join(out) + "*"
+
+
+def _ids(q: Queue, lines: list[str]) -> list[int | None]:
+    """Each line's submit seq (its id): one HMGET for the page."""
+    if not lines:
+        return []
+    raw = q.r.hmget(q.keys.tasks, lines)
+    return [parse_meta(_text(v))[0] if v is not None else None for v in raw]
+
+
+def _detail(state: str, value: str) -> str:
+    if state == "in_progress":
+        held = Holding.parse(value)
+        return f"{held.worker} ({'running' if held.started else 'buffered'})"
+    if state in ("finished", "failed"):
+        return brief(DoneRecord.parse(value).body)
+    return ""
+
+
+def page_tasks(q: Queue, state: str, text: str = "", cursor: str = "0", limit: int = PAGE,
+               budget_s: float = SEARCH_BUDGET_S) -> Page:  # fmt: skip
+    """One page of a state's tasks, optionally those whose line (or, failed, reason) holds `text`."""
+    if state not in STATES:
+        raise KeyError(state)
+    deadline = time.monotonic() + budget_s
+    found: list[tuple[str, str]] = []
+    scanned = 0
+    pos = int(cursor or 0)
+    value_search = bool(text) and state == "failed"
+    needle = text.lower()
+    match = glob_pattern(text) if text and not value_search else None
+    count = VALUE_SCAN_COUNT if text else limit
+    while True:
+        if state == "todo":
+            pos, members = q.r.zscan(q.keys.todo_tasks, pos, match=match, count=count)
+            lines = [_text(m).split("|", 2)[2] for m, _ in cast(list[tuple[str, float]], members)]
+            batch = [(line, f"priority {_priority(line)}") for line in lines if needle in line.lower()]
+        else:
+            key = {"in_progress": q.keys.in_progress_tasks, "finished": q.keys.finished_tasks,
+                   "failed": q.keys.failed_final}[state]  # fmt: skip
+            pos, fields = q.r.hscan(key, pos, match=match, count=count)
+            batch = [(_text(k), _text(v)) for k, v in cast(dict[str, str], fields).items()]
+            if value_search:
+                batch = [(k, v) for k, v in batch if needle in k.lower() or needle in v.lower()]
+            batch = [(k, _detail(state, v)) for k, v in batch]
+        scanned += 1
+        found += batch
+        if pos == 0 or len(found) >= limit or time.monotonic() > deadline:
+            break
+    found.sort(key=lambda pair: pair[0])
+    ids = _ids(q, [line for line, _ in found])
+    rows = [Row(i, line, state, detail) for (line, detail), i in zip(found, ids, strict=True)]
+    return Page(rows, None if pos == 0 else str(pos), scanned)
+
+
+def _priority(line: str) -> int | None:
+    try:
+        return int(line.split(":", 2)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def line_of(q: Queue, task_id: int, line: str | None) -> str | None:
+    """The task line of an id: the queue's id index when it has one, else the `line` given (checked
+    against its seq). None: no such task."""
+    index = getattr(q, "task_line", None)
+    if index is not None:
+        found = index(task_id)
+        return None if found is None else str(found)
+    if not line:
+        return None
+    meta = q.meta(line)
+    return line if meta is not None and meta[0] == task_id else None
+
+
+def _attempt(header: dict[str, Any], reason: str) -> dict[str, Any]:
+    keep = {k: header.get(k) for k in ("worker", "at", "ms", "exit")}
+    return {**keep, "reason": reason}
+
+
+def task_view(q: Queue, line: str) -> TaskView | None:
+    """One task's record: state, priority, submit time, worker, attempts, output tails."""
+    k = q.keys
+    pipe = q.r.pipeline(transaction=False)
+    for key in (k.tasks, k.in_progress_tasks, k.finished_tasks, k.failed_final, k.attempt_log, k.task_fail_reason):
+        pipe.hget(key, line)
+    meta, held, finished, failed, log, last_reason = (None if v is None else _text(v) for v in pipe.execute())
+    if meta is None and held is None and finished is None and failed is None:
+        return None
+    seq, submitted_us, _ = parse_meta(meta or "")
+    view = TaskView(seq if meta else None, line, "todo", _priority(line), submitted_us / 1e6 if submitted_us else None)
+    for raw in (log or "").splitlines():
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            view.attempts.append(_attempt(entry, str(entry.get("reason", ""))))
+    if held is not None:
+        holding = Holding.parse(held)
+        view.state, view.worker = "in_progress", holding.worker
+        view.holding = {"worker": holding.worker, "claimed_ms": holding.claimed_ms, "started": holding.started}
+        view.reason = last_reason or ""
+    elif finished is not None or failed is not None:
+        view.state = "finished" if finished is not None else "failed"
+        record = DoneRecord.parse(finished if finished is not None else failed or "")
+        view.worker = str(record.header.get("worker", ""))
+        view.stderr = str(record.header.get("stderr", ""))
+        if finished is not None:
+            view.stdout = record.body
+        else:
+            view.stdout, view.reason = str(record.header.get("stdout", "")), record.body
+        view.attempts.append(_attempt(record.header, view.reason))
+    else:
+        view.reason = last_reason or ""
+    return view
+
+
+def overview(q: Queue) -> dict[str, Any]:
+    """Counts, workers (with the tasks Redis says each holds) and the problems, in a few round trips
+    (`Queue.snapshot` plus one walk of the claimed tasks, bounded by the workers' buffers)."""
+    snap = q.snapshot()
+    holdings = q.holdings()
+    held: dict[str, int] = {}
+    for holding in holdings.values():
+        held[holding.worker] = held.get(holding.worker, 0) + 1
+    workers = {name: {**info, "held": held.get(name, 0)} for name, info in snap.workers.items()}
+    return {
+        "counts": snap.counts,
+        "stats": snap.stats,
+        "oldest_age_s": snap.oldest_age_s,
+        "server_time_s": snap.server_time_s,
+        "workers": workers,
+        "problems": problems(snap.classes, workers, holdings, snap.counts),
+    }
+
+
+def problems(classes: dict[str, int], workers: dict[str, dict[str, Any]], holdings: dict[str, Holding],
+             counts: dict[str, int]) -> list[dict[str, Any]]:  # fmt: skip
+    """What needs an operator: tasks no live worker can take, tasks held by no live worker
+    (stranded: the reaper returns them once their holder's lease is gone), dead workers holding tasks."""
+    out: list[dict[str, Any]] = []
+    for cls, (n, why) in sorted(unrunnable(classes, workers).items()):
+        text = f"{n} waiting task(s) of class {cls}: {why}"
+        out.append({"kind": "unrunnable", "class": cls, "tasks": n, "text": text})
+    if counts.get("todo") and not any(w.get("live") for w in workers.values()):
+        text = f"{counts['todo']} waiting task(s) and no live worker"
+        out.append({"kind": "no_live_worker", "tasks": counts["todo"], "text": text})
+    live = {name for name, w in workers.items() if w.get("live")}
+    stranded = sorted(task for task, h in holdings.items() if h.worker not in live)
+    if stranded:
+        text = f"{len(stranded)} claimed task(s) held by no live worker (the reaper returns them)"
+        out.append({"kind": "stranded", "tasks": len(stranded), "examples": stranded[:5], "text": text})
+    for name, w in sorted(workers.items()):
+        if not w.get("live") and w.get("held"):
+            out.append({"kind": "dead_worker", "worker": name, "tasks": w["held"],
+                        "text": f"dead worker {name} holds {w['held']} task(s)"})  # fmt: skip
+    return out
