@@ -318,6 +318,11 @@ class Queue:
         key = {"finished": self.keys.finished_tasks, "failed": self.keys.failed_final}[state]
         return {_text(task): DoneRecord.parse(_text(v)) for task, v in self.r.hscan_iter(key, count=1000)}
 
+    def task_line(self, task_id: str) -> str | None:
+        """The task whose id (its submit seq) this is, None if unknown or forgotten."""
+        line = self.r.hget(self.keys.task_ids, task_id)
+        return _text(line) if line is not None else None
+
     def meta(self, task: str) -> tuple[int, int, str] | None:
         """(seq, submitted µs, trace) of a known task, None if unknown."""
         raw = self.r.hget(self.keys.tasks, task)

@@ -17,9 +17,9 @@ from distcomp_obs.task import parse_line
 def resolve(q: Queue, ref: str) -> str | None:
     """The task line `ref` names (an id, or a line), None if no such task is known."""
     if ref.isdigit():
-        line = q.r.hget(q.keys.task_ids, ref)
+        line = q.task_line(ref)
         if line is not None:
-            return str(line)
+            return line
     return ref if q.r.hexists(q.keys.tasks, ref) else None
 
 
