@@ -144,12 +144,17 @@ def _priority(line: str) -> int | None:
 
 
 def line_of(q: Queue, task_id: int, line: str | None) -> str | None:
-    """The task line of an id: the queue's id index when it has one, else the `line` given (checked
-    against its seq). None: no such task."""
+    """The task line of an id: the queue's id index when it has one (`Queue.task_line`, else the
+    `task_ids` hash of record layout 4), else the `line` given, checked against its seq. None: no such task."""
     index = getattr(q, "task_line", None)
     if index is not None:
         found = index(task_id)
         return None if found is None else str(found)
+    ids_key = getattr(q.keys, "task_ids", None)
+    if ids_key is not None:
+        raw = q.r.hget(ids_key, str(task_id))
+        if raw is not None:
+            return _text(raw)
     if not line:
         return None
     meta = q.meta(line)

@@ -1,0 +1,336 @@
+"""`distcomp console` as a real process on a free port, against the session's real redis-server,
+with real workers: every page and endpoint, search, escaping, paging, the auth model, retry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from distcomp_obs.netutil import free_port
+from distcomp_obs.queue import Queue
+from tests.conftest import REPO, distcomp_argv, run_cli, wait_until
+
+TOKEN = "console-test-token-3f9a"
+
+
+@dataclass
+class Console:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str, dict[str, str]]:
+        return request(self.url + path, headers=headers)
+
+    def json(self, path: str) -> Any:
+        status, body, _ = self.get(path)
+        assert status == 200, (path, status, body)
+        return json.loads(body)
+
+    def post(self, path: str, headers: dict[str, str] | None = None, data: bytes = b"") -> tuple[int, Any]:
+        status, body, _ = request(self.url + path, method="POST", headers=headers, data=data)
+        return status, json.loads(body) if body.startswith("{") else body
+
+
+def request(
+    url: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    data: bytes | None = None,
+) -> tuple[int, str, dict[str, str]]:
+    req = urllib.request.Request(url, method=method, headers=headers or {}, data=data if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read().decode(), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(), dict(exc.headers)
+
+
+def start_console(redis_url: str, prefix: str, tmp_path: Path, token: str | None = TOKEN, *extra: str) -> Console:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "DISTCOMP_CONSOLE_TOKEN"}
+    if token:
+        env["DISTCOMP_CONSOLE_TOKEN"] = token
+    log_path = tmp_path / f"console-{port}.log"
+    argv = distcomp_argv("console", "--redis-url", redis_url, "--prefix", prefix, "--addr", f"127.0.0.1:{port}", *extra)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    console = Console(f"http://127.0.0.1:{port}", proc, log_path)
+
+    def up() -> bool:
+        assert proc.poll() is None, log_path.read_text()
+        try:
+            return request(console.url + "/healthz")[0] == 200
+        except OSError:
+            return False
+
+    wait_until(up, timeout=30, interval=0.1, what="the console answers")
+    return console
+
+
+def stop(console: Console) -> None:
+    console.proc.terminate()
+    try:
+        console.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        console.proc.kill()
+        console.proc.wait()
+
+
+@pytest.fixture
+def console(redis_url: str, prefix: str, tmp_path: Path, queue: Queue) -> Iterator[Console]:
+    c = start_console(redis_url, prefix, tmp_path)
+    yield c
+    stop(c)
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+FAILING = "shell:1:0:0:test -e {flag} || {{ echo 'zorglub-{tag} exploded' >&2; exit 3; }}"
+SCRIPT = 'shell:2:0:0:echo "<script>alert(1)</script>"'
+
+
+def failed_task(queue: Queue, start_worker: Callable[..., Any], tmp_path: Path, tag: str = "a") -> str:
+    """A task that fails for good on a real worker (with a unique error text) until its flag file exists."""
+    line = FAILING.format(flag=tmp_path / f"flag-{tag}", tag=tag)
+    queue.submit([line])
+    start_worker("--max-retry-per-task", "0")
+    wait_until(lambda: line in queue.list_state("failed"), what="the task failed")
+    return line
+
+
+def task_url(queue: Queue, line: str) -> str:
+    meta = queue.meta(line)
+    assert meta is not None
+    return f"/tasks/{meta[0]}?" + urllib.parse.urlencode({"line": line})
+
+
+def test_every_page_and_endpoint_answers(
+    console: Console, queue: Queue, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    line = failed_task(queue, start_worker, tmp_path)
+    queue.submit(["builtin:1:0:0:noop hello"])
+    wait_until(lambda: queue.counts()["finished"] == 1, what="noop finished")
+    for path in [
+        "/",
+        "/tasks",
+        "/workers",
+        "/login",
+        task_url(queue, line),
+        "/static/console.js",
+        "/static/console.css",
+        "/fragments/overview",
+        "/fragments/workers",
+        "/fragments/tasks?state=failed",
+    ]:
+        status, body, headers = console.get(path)
+        assert status == 200, (path, status, body)
+    for state in ("todo", "in_progress", "finished", "failed"):
+        status, body, _ = console.get(f"/tasks?state={state}")
+        assert status == 200 and "distcomp console" in body
+    overview = console.json("/api/overview")
+    assert overview["counts"]["failed"] == 1 and overview["counts"]["finished"] == 1
+    assert overview["words"]["todo"] == "waiting" and "w1" in overview["workers"]
+    assert overview["workers"]["w1"]["live"] is True and overview["problems"] == []
+    workers = console.json("/api/workers")
+    assert workers["w1"]["live"] is True
+    [row] = console.json("/api/tasks?state=failed")["tasks"]
+    assert row["line"] == line and row["state"] == "failed" and "zorglub-a" in row["detail"]
+    assert row["id"] == queue.meta(line)[0]  # type: ignore[index]
+    task = console.json(f"/api/tasks/{row['id']}?" + urllib.parse.urlencode({"line": line}))
+    assert task["state"] == "failed" and task["worker"] == "w1" and "zorglub-a exploded" in task["reason"]
+    assert task["attempts"] and task["attempts"][-1]["exit"] == 3
+    status, body, _ = console.get(task_url(queue, line))
+    assert "zorglub-a exploded" in body and 'id="task-state" class="state-failed"' in body
+    frag = console.json("/fragments/task?" + urllib.parse.urlencode({"id": row["id"], "line": line}))
+    assert "zorglub-a exploded" in frag["fragments"]["live"]
+
+
+def test_unknown_ids_and_states_are_404(console: Console, queue: Queue) -> None:
+    for path in ["/api/tasks?state=bogus", "/api/tasks/999999", "/api/nothing", "/fragments/nothing"]:
+        status, body, _ = console.get(path)
+        assert status == 404 and "error" in json.loads(body), (path, body)
+    for path in ["/tasks?state=bogus", "/tasks/999999", "/tasks/abc", "/nothing"]:
+        status, body, _ = console.get(path)
+        assert status == 404 and "<h1>404</h1>" in body, (path, body)
+    status, body, _ = console.get("/api/tasks?cursor=xyz")
+    assert status == 400 and "cursor" in json.loads(body)["error"]
+
+
+def test_search_finds_a_failed_task_by_its_error_text(
+    console: Console, queue: Queue, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    line = failed_task(queue, start_worker, tmp_path, tag="needle")
+    queue.submit([f"builtin:1:0:0:noop other {i}" for i in range(30)])
+    wait_until(lambda: queue.counts()["finished"] == 30, what="the others finished")
+    found = console.json("/api/tasks?state=failed&q=ZORGLUB-NEEDLE")["tasks"]
+    assert [t["line"] for t in found] == [line]
+    assert console.json("/api/tasks?state=failed&q=nomatch-anywhere")["tasks"] == []
+    by_text = console.json("/api/tasks?state=finished&q=other%201")["tasks"]  # the task text, case-insensitive
+    assert {t["line"] for t in by_text} == {"builtin:1:0:0:noop other 1"} | {
+        f"builtin:1:0:0:noop other {i}" for i in range(10, 20)
+    }
+    status, body, _ = console.get("/tasks?state=failed&q=zorglub-needle")
+    assert status == 200 and "zorglub-needle exploded" in body
+
+
+def test_task_text_is_escaped(console: Console, queue: Queue, start_worker: Callable[..., Any]) -> None:
+    queue.submit([SCRIPT])
+    start_worker()
+    wait_until(lambda: queue.counts()["finished"] == 1, what="the task ran")
+    for path in ["/tasks?state=finished", task_url(queue, SCRIPT)]:
+        status, body, headers = console.get(path)
+        assert status == 200 and "<script>alert(1)</script>" not in body
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body
+        assert "script-src 'self'" in headers["content-security-policy"]
+    frag = console.json("/fragments/tasks?state=finished")["fragments"]["live"]
+    assert "<script>alert" not in frag and "&lt;script&gt;" in frag
+
+
+def test_pages_follow_scan_cursors(console: Console, queue: Queue) -> None:
+    lines = [f"shell:1:0:0:echo page {i:04d}" for i in range(260)]
+    queue.submit(lines)
+    seen: list[str] = []
+    cursor: str | None = "0"
+    pages = 0
+    while cursor is not None:
+        page = console.json(f"/api/tasks?state=todo&cursor={cursor}")
+        seen += [t["line"] for t in page["tasks"]]
+        assert all(t["id"] is not None for t in page["tasks"])
+        cursor, pages = page["cursor"], pages + 1
+        assert pages < 50
+    assert sorted(seen) == sorted(lines) and pages >= 2
+    status, body, _ = console.get("/tasks?state=todo")
+    assert 'id="next-page"' in body
+
+
+def test_actions_need_the_token_and_the_same_origin(
+    console: Console, queue: Queue, redis_url: str, prefix: str, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    line = failed_task(queue, start_worker, tmp_path)
+    retry = task_url(queue, line).replace("/tasks/", "/api/tasks/").replace("?", "/retry?")
+    for headers in [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {**AUTH, "Origin": "http://evil.example"},
+        {**AUTH, "Sec-Fetch-Site": "cross-site"},
+        {**AUTH, "Origin": "null"},
+    ]:
+        for path in [retry, "/api/retry-failed", "/api/purge-finished"]:
+            status, body = console.post(path, headers=headers)
+            assert status == 403 and "error" in body, (path, headers, body)
+    assert line in queue.list_state("failed")
+    read_only = start_console(redis_url, prefix, tmp_path, None)
+    try:
+        status, body = read_only.post(retry, headers=AUTH)
+        assert status == 403 and "read-only" in body["error"]
+        assert "read-only" in read_only.get("/")[1]
+    finally:
+        stop(read_only)
+    status, body = console.post(retry, headers={**AUTH, "Origin": console.url, "Sec-Fetch-Site": "same-origin"})
+    assert status == 200 and body["retried"] == 1 and body["line"] == line
+
+
+def test_login_form_sets_a_strict_httponly_cookie(console: Console, queue: Queue) -> None:
+    status, body, _ = request(console.url + "/login", "POST", {"Origin": console.url}, b"token=wrong")
+    assert status == 403 and "wrong token" in body
+    status, body, _ = request(
+        console.url + "/login", "POST", {"Origin": "http://evil.example"}, f"token={TOKEN}".encode()
+    )
+    assert status == 403
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    req = urllib.request.Request(console.url + "/login", data=f"token={TOKEN}".encode(), method="POST")
+    with opener.open(req, timeout=10) as resp:  # follows the 303 to /
+        assert resp.status == 200 and "log out" in resp.read().decode()
+        cookie = resp.headers.get("set-cookie") or ""
+    queue.submit(["builtin:1:0:0:noop x"])
+    with opener.open(urllib.request.Request(console.url + "/api/purge-finished", method="POST"), timeout=10) as resp:
+        assert json.loads(resp.read()) == {"purged": 0}
+    raw = urllib.request.Request(console.url + "/login", data=f"token={TOKEN}".encode(), method="POST")
+    no_redirect = urllib.request.build_opener(NoRedirect())
+    try:
+        no_redirect.open(raw, timeout=10)
+    except urllib.error.HTTPError as exc:
+        cookie = exc.headers.get("set-cookie") or cookie
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and TOKEN not in cookie
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def test_retry_runs_the_task_again_and_status_agrees(
+    console: Console, queue: Queue, redis_url: str, prefix: str, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    line = failed_task(queue, start_worker, tmp_path, tag="retry")
+    (tmp_path / "flag-retry").write_text("now it passes")
+    retry = task_url(queue, line).replace("/tasks/", "/api/tasks/").replace("?", "/retry?")
+    status, body = console.post(retry, headers=AUTH)
+    assert status == 200 and body["retried"] == 1 and body["url"].startswith(f"/tasks/{body['id']}?")
+    wait_until(lambda: line in queue.list_state("finished"), what="the retried task finished")
+    task = console.json(f"/api/tasks/{body['id']}?" + urllib.parse.urlencode({"line": line}))
+    status_json = json.loads(
+        run_cli("status", "--json", "--finished", "--failed", "--redis-url", redis_url, "--prefix", prefix).stdout
+    )
+    assert task["state"] == "finished" and line in status_json["lists"]["finished"]
+    assert line not in status_json["lists"]["failed"]
+    assert console.json("/api/overview")["counts"] == {**status_json["counts"]}
+    assert console.get(retry.replace("/api/tasks/", "/tasks/").replace("/retry?", "?"))[0] == 404  # the old id is gone
+    delete = task_url(queue, line).replace("/tasks/", "/api/tasks/").replace("?", "/delete?")
+    status, body = console.post(delete, headers=AUTH)
+    assert status == 200 and body["deleted"] == 1 and queue.meta(line) is None
+    status, body = console.post(delete, headers=AUTH)
+    assert status == 404
+
+
+def test_a_running_task_cannot_be_deleted_or_retried(
+    console: Console, queue: Queue, start_worker: Callable[..., Any]
+) -> None:
+    queue.submit(["builtin:1:0:0:sleep 30"])
+    start_worker()
+    wait_until(lambda: queue.counts()["in_progress"] == 1, what="the task was claimed")
+    url = task_url(queue, "builtin:1:0:0:sleep 30").replace("/tasks/", "/api/tasks/")
+    for action in ("/retry?", "/delete?"):
+        status, body = console.post(url.replace("?", action), headers=AUTH)
+        assert status == 409 and "in_progress" in body["error"]
+
+
+def test_behind_a_reverse_proxy(redis_url: str, prefix: str, tmp_path: Path, queue: Queue) -> None:
+    c = start_console(redis_url, prefix, tmp_path, TOKEN, "--root-path", "/console/")
+    try:
+        status, body, _ = c.get("/console/tasks")
+        assert status == 200 and 'href="/console/workers"' in body and 'data-base="/console"' in body
+        status, body, _ = c.get("/workers", headers={"X-Forwarded-Prefix": "/ops/queue"})
+        assert status == 200 and 'href="/ops/queue/tasks"' in body
+        status, body, _ = c.get("/workers", headers={"X-Forwarded-Prefix": '/"><script>'})
+        assert status == 200 and "<script>" not in body.split("</head>", 1)[1]
+    finally:
+        stop(c)
+
+
+def test_overview_names_problems(console: Console, queue: Queue, start_worker: Callable[..., Any]) -> None:
+    start_worker()
+    wait_until(lambda: console.json("/api/workers").get("w1", {}).get("live"), what="the worker is live")
+    queue.submit(["shell:1:100000:0:echo too big"])
+    problems = wait_until(lambda: console.json("/api/overview")["problems"], what="a problem shows")
+    assert problems[0]["kind"] == "unrunnable" and "100000 GB" in problems[0]["text"]
+    assert "100000 GB" in console.get("/")[1]
+
+
+def test_a_page_stays_fast_with_a_big_queue(console: Console, queue: Queue) -> None:
+    queue.submit([f"shell:1:0:0:echo big {i}" for i in range(20_000)])
+    started = time.monotonic()
+    for path in ["/", "/tasks?state=todo", "/tasks?state=todo&q=big%2019999", "/api/overview"]:
+        assert console.get(path)[0] == 200
+    assert time.monotonic() - started < 5
