@@ -310,11 +310,14 @@ def test_status_shows_finished_output_and_failure_reasons_on_one_line(tmp_path: 
     r = cli_in(tmp_path, "status", "--finished", "--failed", "--redis-url", redis_url, "--prefix", prefix)
     assert r.returncode == 0, r.stderr
     out = r.stdout.splitlines()
-    assert "  shell:1:0:0:two\tfirst line | second line" in out
-    assert f"  shell:1:0:0:long\t{'x' * 200}…" in out
-    assert "  shell:1:0:0:ko\texit code 3 | boom" in out
+    ids = queue.ids(["shell:1:0:0:two", "shell:1:0:0:long", "shell:1:0:0:ko"])
+    assert f"  {ids['shell:1:0:0:two']:>6}  shell:1:0:0:two\tfirst line | second line" in out, out
+    assert f"  {ids['shell:1:0:0:long']:>6}  shell:1:0:0:long\t{'x' * 200}…" in out
+    assert f"  {ids['shell:1:0:0:ko']:>6}  shell:1:0:0:ko\texit code 3 | boom" in out
     r = cli_in(tmp_path, "status", "--finished", "--json", "--redis-url", redis_url, "--prefix", prefix)
-    assert json.loads(r.stdout)["lists"]["finished"]["shell:1:0:0:long"] == "x" * 500  # JSON: the full text
+    data = json.loads(r.stdout)
+    assert data["lists"]["finished"]["shell:1:0:0:long"] == "x" * 500  # JSON: the full text
+    assert data["ids"]["shell:1:0:0:long"] == ids["shell:1:0:0:long"]  # the id `distcomp task` takes
 
 
 def test_manager_commands_print_one_json_object(tmp_path: Path, redis_url: str, prefix: str, queue: Queue) -> None:

@@ -196,22 +196,25 @@ def cmd_status(args: argparse.Namespace) -> int:
         "oldest_age_s": q.oldest_ages_s(),
     }
     lists = {s: _filter(q.list_state(s.replace("-", "_")), args) for s in STATES if getattr(args, s.replace("-", "_"))}
+    ids = q.ids([task for tasks in lists.values() for task in tasks])
     report = audit(q, expect_done=args.drained) if args.check else None
     cannot = unrunnable(q.waiting_classes(), q.workers()) if counts["todo"] else {}
     if args.json:
         out["lists"] = lists
+        out["ids"] = ids  # task -> its id (`distcomp task ID`)
         out["unrunnable"] = {cls: {"tasks": n, "why": why} for cls, (n, why) in cannot.items()}
         if report:
             out["audit"] = {"ok": report.ok, "problems": report.problems}
         print_json(out)
     else:
-        _print_status(out["counts"], lists, cannot)
+        _print_status(out["counts"], lists, cannot, ids)
         if report:
             print(report.summary())
     return 0 if report is None or report.ok else 1
 
 
-def _print_status(c: dict[str, int], lists: dict[str, dict[str, str]], cannot: dict[str, tuple[int, str]]) -> None:
+def _print_status(c: dict[str, int], lists: dict[str, dict[str, str]], cannot: dict[str, tuple[int, str]],
+                  ids: dict[str, str]) -> None:  # fmt: skip
     from distcomp_obs.records import resource_class
 
     print(f"todo {c['todo']}  in progress {c['in_progress']}  finished {c['finished']}  failed {c['failed']}")
@@ -221,11 +224,12 @@ def _print_status(c: dict[str, int], lists: dict[str, dict[str, str]], cannot: d
     for state, tasks in lists.items():
         print(f"\n{state} ({len(tasks)}):")
         for task, detail in sorted(tasks.items()):
+            tag = f"{ids.get(task, '?'):>6}  "  # the id `distcomp task ID` takes
             if state == "todo":
                 why = cannot.get(resource_class(task))
-                print(f"  {task}" + (f"\tcannot run on any live worker: {why[1]}" if why else ""))
+                print(f"  {tag}{task}" + (f"\tcannot run on any live worker: {why[1]}" if why else ""))
             else:
-                print(f"  {task}\t{brief(detail)}")
+                print(f"  {tag}{task}\t{brief(detail)}")
 
 
 def cmd_workers(args: argparse.Namespace) -> int:

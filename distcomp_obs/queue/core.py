@@ -318,6 +318,16 @@ class Queue:
         key = {"finished": self.keys.finished_tasks, "failed": self.keys.failed_final}[state]
         return {_text(task): DoneRecord.parse(_text(v)) for task, v in self.r.hscan_iter(key, count=1000)}
 
+    def ids(self, lines: Sequence[str]) -> dict[str, str]:
+        """line -> id (its submit seq) of these known tasks, one HMGET per 1,000."""
+        out: dict[str, str] = {}
+        for start in range(0, len(lines), SUBMIT_BATCH):
+            chunk = list(lines[start : start + SUBMIT_BATCH])
+            for line, meta in zip(chunk, self.r.hmget(self.keys.tasks, chunk), strict=True):
+                if meta is not None:
+                    out[line] = str(parse_meta(_text(meta))[0])
+        return out
+
     def task_line(self, task_id: str) -> str | None:
         """The task whose id (its submit seq) this is, None if unknown or forgotten."""
         line = self.r.hget(self.keys.task_ids, task_id)
