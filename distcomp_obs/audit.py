@@ -89,11 +89,11 @@ def _check_phantoms(problem: Callable[[bool, str, Iterable[str]], None], name: s
             f"heartbeat, it holds {info['holds']})", old)  # fmt: skip
 
 
-def _check_counters(problem: Callable[[bool, str, Iterable[str]], None], stats: dict[str, int], n_finished: int,
-                    n_failed: int) -> None:  # fmt: skip
+def _check_counters(problem: Callable[[bool, str, Iterable[str]], None], stats: dict[str, int],
+                    recorded: dict[str, int]) -> None:  # fmt: skip
     """Every done record was counted once: a task recorded twice counts twice (a counter may lag its
     record only when a one-command report was cut short between its commands)."""
-    for state, n in (("finished", n_finished), ("failed", n_failed)):
+    for state, n in recorded.items():
         counted = stats.get(state, 0) - stats.get(f"forgotten_{state}", 0)
         problem(counted > n, f"recorded more than once: {counted} {state} counted, {n} recorded", [state])
 
@@ -106,6 +106,7 @@ def audit(q: Queue, submitted: Iterable[str] | None = None, expect_done: bool = 
     classes = _members(r.smembers(k.todo_classes))
     holdings = q.holdings()
     finished = _members(r.hkeys(k.finished_tasks))
+    cancelled = _members(r.hkeys(k.cancelled_tasks))
     failed = _fields(r.hgetall(k.failed_final))
     reasons = _fields(r.hgetall(k.task_fail_reason))
     workers = q.workers()
@@ -115,6 +116,7 @@ def audit(q: Queue, submitted: Iterable[str] | None = None, expect_done: bool = 
         "in_progress": len(holdings),
         "finished": len(finished),
         "failed": len(failed),
+        **({"cancelled": len(cancelled)} if cancelled else {}),  # shown once there are any
     }
 
     def problem(condition: bool, text: str, items: Iterable[str]) -> None:
@@ -141,8 +143,11 @@ def audit(q: Queue, submitted: Iterable[str] | None = None, expect_done: bool = 
         "failed without a reason",
         [t for t in failed if not DoneRecord.parse(failed[t]).body],
     )
-    _check_counters(problem, q.stats(), len(finished), len(failed))
-    terminal_tasks = finished | set(failed)
+    _check_counters(problem, q.stats(), {"finished": len(finished), "failed": len(failed),
+                                         "cancelled": len(cancelled)})  # fmt: skip
+    problem(bool(cancelled & (finished | set(failed))), "cancelled and finished or failed",
+            cancelled & (finished | set(failed)))  # fmt: skip
+    terminal_tasks = finished | set(failed) | cancelled
     placed = todo | in_progress | terminal_tasks
     problem(bool(set(known) - placed), "lost: submitted but in no state", set(known) - placed)
     problem(bool(placed - set(known)), "in a state but never submitted", placed - set(known))

@@ -68,6 +68,10 @@ class Keys:
         return self._k("failed_final")
 
     @property
+    def cancelled_tasks(self) -> str:  # HASH task -> record: JSON header line (by, at), then the reason; cancelled
+        return self._k("cancelled_tasks")
+
+    @property
     def failed_tasks(self) -> str:  # HASH task -> ",w1,w2," workers where it failed (never retried there)
         return self._k("failed_tasks")
 
@@ -151,6 +155,7 @@ SCRIPT_KEYS: tuple[str, ...] = (
     "in_progress_tasks",
     "finished_tasks",
     "failed_final",
+    "cancelled_tasks",
     "failed_tasks",
     "task_fail_reason",
     "attempts",

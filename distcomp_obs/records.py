@@ -136,7 +136,7 @@ class TaskView:
 
     id: str  # its submit seq: short, stable until it is forgotten
     line: str
-    state: str  # todo | in_progress | finished | failed (| unknown: in no state, see the audit)
+    state: str  # todo | in_progress | finished | failed | cancelled (| unknown: in no state, see the audit)
     priority: int
     submitted_s: float | None  # server time
     worker: str = ""  # its holder while in progress

@@ -515,3 +515,26 @@ def test_task_shows_one_task_by_id_or_line(redis_url: str, prefix: str, queue: Q
     code, _, err = cli(redis_url, prefix, "task", ok_id)
     assert code == 2, err
     assert audit(queue).ok
+
+
+def test_cancel_takes_waiting_tasks_out_and_leaves_done_ones(redis_url: str, prefix: str, queue: Queue) -> None:
+    """Issue 12: `distcomp cancel` by id or line: waiting tasks are recorded cancelled (a terminal
+    state the audit knows); a claimed, a finished and an unknown task say why and change nothing."""
+    _settle(queue, {"shell:1:0:0:done": ("finished", "out")})
+    queue.submit(["shell:1:0:0:a", "shell:1:0:0:b", "shell:1:0:0:c"])
+    queue.heartbeat("w", "i", 60_000, {"time": 0})
+    assert [c.line for c in queue.claim("w", "i", 1, ClaimLimits(8, 8)).tasks] == ["shell:1:0:0:a"]
+    b_id = queue.ids(["shell:1:0:0:b"])["shell:1:0:0:b"]
+    code, out, _ = cli(redis_url, prefix, "cancel", b_id, "shell:1:0:0:c", "shell:1:0:0:a", "shell:1:0:0:done",
+                       "12345", "--json")  # fmt: skip
+    assert code == 1 and json.loads(out) == {b_id: "cancelled", "shell:1:0:0:c": "cancelled",
+                                             "shell:1:0:0:a": "running", "shell:1:0:0:done": "finished",
+                                             "12345": "unknown"}, out  # fmt: skip
+    counts = queue.counts()
+    assert counts["todo"] == 0 and counts["cancelled"] == 2 and counts["in_progress"] == 1, counts
+    assert queue.stats()["cancelled"] == 2
+    assert audit(queue).ok
+    code, out, _ = cli(redis_url, prefix, "cancel", b_id)
+    assert code == 0 and "was already cancelled" in out
+    code, out, _ = cli(redis_url, prefix, "task", b_id, "--json")
+    assert json.loads(out)["state"] == "cancelled"

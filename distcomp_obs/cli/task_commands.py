@@ -19,6 +19,11 @@ class UnknownTask(DistcompError):
 
 
 def add_parsers(sub: Subparsers) -> None:
+    add_task_parser(sub)
+    add_cancel_parser(sub)
+
+
+def add_task_parser(sub: Subparsers) -> None:
     text = "one task's whole record: state, attempts, output"
     p = sub.add_parser("task", help=text, description=f"Show {text} (by its id or its line).")
     _common(p)
@@ -61,4 +66,40 @@ def cmd_task(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"task": cmd_task}
+def add_cancel_parser(sub: Subparsers) -> None:
+    text = "cancel waiting tasks by id or line: they leave the queue, recorded as cancelled"
+    p = sub.add_parser("cancel", help=text, description=f"{text[0].upper()}{text[1:]}.")
+    _common(p)
+    p.add_argument("refs", nargs="+", metavar="ID", help="task ids (submit numbers) or lines")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Exit 0 when every task named was cancelled now or before; 1 when one could not be (done,
+    running, unknown), each said on its own line."""
+    from distcomp_obs.queue.views import resolve
+
+    q, _ = open_queue(args)
+    lines = {ref: resolve(q, ref) for ref in args.refs}
+    known = [line for line in lines.values() if line is not None]
+    words = dict(zip(known, q.cancel(known, who="distcomp cancel"), strict=True))
+    result = {ref: (words[line] if line is not None else "unknown") for ref, line in lines.items()}
+    if args.json:
+        print_json(result)
+    else:
+        for ref, word in result.items():
+            print(f"{ref}: {CANCEL_WORDS.get(word, word)}")
+    return 0 if all(w in ("cancelled", "already_cancelled") for w in result.values()) else 1
+
+
+CANCEL_WORDS = {
+    "cancelled": "cancelled",
+    "already_cancelled": "was already cancelled",
+    "finished": "already finished: nothing changed",
+    "failed": "already failed: nothing changed",
+    "running": "claimed by a worker: not cancelled (stopping claimed tasks is not built yet)",
+    "unknown": "no such task",
+}
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"task": cmd_task, "cancel": cmd_cancel}

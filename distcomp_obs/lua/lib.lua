@@ -105,6 +105,7 @@ end
 -- (the one-command protocol writes it first, with HSETNX, and releases the claim after).
 local function is_settled(task)
   return redis.call('HEXISTS', K.finished_tasks, task) == 1 or redis.call('HEXISTS', K.failed_final, task) == 1
+    or redis.call('HEXISTS', K.cancelled_tasks, task) == 1
 end
 
 -- A done task's record: a JSON header (the claim token, worker, server time of the report, and
@@ -399,11 +400,12 @@ end
 
 -- Forget a done task entirely (retention, purge-finished, retry-failed): returns the state it
 -- was in ('finished' | 'failed'), or nil if it is not done, or not in state `only` (left alone).
-local PER_TASK = {'finished_tasks', 'failed_final', 'failed_tasks', 'task_fail_reason', 'attempts', 'attempt_log',
+local PER_TASK = {'finished_tasks', 'failed_final', 'cancelled_tasks', 'failed_tasks', 'task_fail_reason', 'attempts', 'attempt_log',
   'reap_count', 'tasks'}
 local function forget_done(task, only)
   local state = redis.call('HEXISTS', K.finished_tasks, task) == 1 and 'finished'
     or (redis.call('HEXISTS', K.failed_final, task) == 1 and 'failed')
+    or (redis.call('HEXISTS', K.cancelled_tasks, task) == 1 and 'cancelled')
   if not state or (only and state ~= only) or redis.call('HEXISTS', K.in_progress_tasks, task) == 1 then
     return nil
   end

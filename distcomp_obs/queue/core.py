@@ -227,6 +227,10 @@ class Queue:
         args = ["retain", int(keep_s * 1000), keep_count, max_events]
         return self._run("reap", "expire", "-", args, int)  # housekeeping, as the reaper
 
+    def cancel(self, tasks: Sequence[str], who: str, reason: str = "cancelled") -> list[str]:
+        """Cancel these tasks (cancel.lua): one word per task, "cancelled" for those that were waiting."""
+        return self._run("return", "cancel", "-", [who, reason, *tasks], list) if tasks else []
+
     def forget(self, state: str, tasks: Sequence[str]) -> int:
         """Forget these tasks if they are in `state` ("finished" | "failed"): records and dedup
         entry go, so the same lines may be submitted again."""
@@ -238,10 +242,11 @@ class Queue:
         k = self.keys
         pipe = self.r.pipeline(transaction=False)
         pipe.zcard(k.todo_tasks)
-        for key in (k.in_progress_tasks, k.finished_tasks, k.failed_final, k.tasks):
+        for key in (k.in_progress_tasks, k.finished_tasks, k.failed_final, k.cancelled_tasks, k.tasks):
             pipe.hlen(key)
-        todo, running, finished, failed, known = (int(n) for n in pipe.execute())
-        return {"todo": todo, "in_progress": running, "finished": finished, "failed": failed, "known": known}
+        todo, running, finished, failed, cancelled, known = (int(n) for n in pipe.execute())
+        return {"todo": todo, "in_progress": running, "finished": finished, "failed": failed, "cancelled": cancelled,
+                "known": known}  # fmt: skip
 
     def stats(self) -> dict[str, int]:
         return {_text(name): int(v) for name, v in self.r.hgetall(self.keys.stats).items()}
@@ -310,7 +315,7 @@ class Queue:
             return {_text(m).split("|", 2)[2]: "" for m, _ in self.r.zscan_iter(k.todo_tasks, count=1000)}
         if state == "in_progress":
             return {task: held.worker for task, held in self.holdings().items()}
-        key = {"finished": k.finished_tasks, "failed": k.failed_final}[state]
+        key = {"finished": k.finished_tasks, "failed": k.failed_final, "cancelled": k.cancelled_tasks}[state]
         return {_text(task): DoneRecord.parse(_text(v)).body for task, v in self.r.hscan_iter(key, count=1000)}
 
     def records(self, state: str) -> dict[str, DoneRecord]:

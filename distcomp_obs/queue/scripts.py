@@ -12,7 +12,7 @@ from distcomp_obs.keys import FIRST_EXTRA_KEY, SCRIPT_KEYS
 from distcomp_obs.records import LAYOUT, ReportCode
 from distcomp_obs.task import MAX_PRIORITY
 
-SCRIPT_NAMES = ("claim", "settle", "requeue", "heartbeat", "reap", "submit", "leave", "expire", "ages")
+SCRIPT_NAMES = ("claim", "settle", "requeue", "heartbeat", "reap", "submit", "leave", "expire", "ages", "cancel")
 
 
 def preamble() -> str:

@@ -30,9 +30,9 @@ def task_view(q: Queue, ref: str) -> TaskView | None:
         return None
     k = q.keys
     pipe = q.r.pipeline(transaction=False)
-    for key in (k.tasks, k.in_progress_tasks, k.finished_tasks, k.failed_final, k.attempt_log):
+    for key in (k.tasks, k.in_progress_tasks, k.finished_tasks, k.failed_final, k.cancelled_tasks, k.attempt_log):
         pipe.hget(key, line)
-    meta, holding, finished, failed, log = pipe.execute()
+    meta, holding, finished, failed, cancelled, log = pipe.execute()
     if meta is None:  # forgotten meanwhile
         return None
     seq, submitted_us, _ = parse_meta(str(meta))
@@ -47,6 +47,8 @@ def task_view(q: Queue, ref: str) -> TaskView | None:
         view.state = "finished" if finished is not None else "failed"
         view.output = record.body
         view.attempts.append({**record.header, **({"reason": record.body} if failed is not None else {})})
+    elif cancelled is not None:
+        view.state, view.output = "cancelled", DoneRecord.parse(str(cancelled)).body
     elif q.r.zscore(k.todo_tasks, todo_member(line, priority, seq)) is None:
         view.state = "unknown"  # known but in no state: the audit reports it as lost
     return view
