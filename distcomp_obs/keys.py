@@ -72,6 +72,10 @@ class Keys:
         return self._k("cancelled_tasks")
 
     @property
+    def cancel_requests(self) -> str:  # HASH task -> claim token: claimed tasks their worker must stop (cancel)
+        return self._k("cancel_requests")
+
+    @property
     def failed_tasks(self) -> str:  # HASH task -> ",w1,w2," workers where it failed (never retried there)
         return self._k("failed_tasks")
 
@@ -156,6 +160,7 @@ SCRIPT_KEYS: tuple[str, ...] = (
     "finished_tasks",
     "failed_final",
     "cancelled_tasks",
+    "cancel_requests",
     "failed_tasks",
     "task_fail_reason",
     "attempts",

@@ -18,7 +18,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 ROUNDTRIP_OPS = ("claim", "report", "heartbeat", "reap", "poll", "return", "submit", "reconcile")
 REDIS_ERRORS = ("connection", "timeout", "response", "script")
 TASK_TYPES = ("shell", "python", "builtin")
-OUTCOMES = ("finished", "failed", "retried")
+OUTCOMES = ("finished", "failed", "retried")  # prebound; "cancelled" is labelled when it happens
 #: why claimed tasks go back unfinished (a task that times out is failed, not returned)
 RETURN_REASONS = ("sigterm", "memory_pressure", "restart", "reconcile", "shutdown", "lease_gap")
 SLEEP_REASONS = ("fixed_interval", "idle_backoff", "blocking_wait", "buffer_full", "redis_down")

@@ -29,6 +29,7 @@ class ReportCode(IntEnum):
     FINISHED = 1
     FAILED_FINAL = 2  # failed for good
     RETRIED = 3  # failed here, back in the queue for another worker
+    CANCELLED = 4  # stopped on a cancel request, recorded cancelled
 
     @property
     def outcome(self) -> str:
@@ -42,6 +43,7 @@ _OUTCOMES = {
     ReportCode.FINISHED: "finished",
     ReportCode.FAILED_FINAL: "failed",
     ReportCode.RETRIED: "retried",
+    ReportCode.CANCELLED: "cancelled",
 }
 
 
@@ -154,13 +156,14 @@ class ClaimResult:
     remaining: int  # tasks still queued after this claim
     tasks: list[Claimed] = field(default_factory=list)
     report_codes: list[ReportCode] = field(default_factory=list)
+    cancels: list[str] = field(default_factory=list)  # tasks this worker holds that it must stop (cancel requests)
 
 
 @dataclass(frozen=True, slots=True)
 class Report:
     task: str
     token: str
-    outcome: str  # "finished" | "failed"
+    outcome: str  # "finished" | "failed" | "cancelled" (stopped on a cancel request)
     payload: str  # stdout on success, the reason on failure
     detail: str = ""  # what the worker measured (ms, ago_ms, exit, stderr/stdout tails): JSON object members, no braces
 

@@ -528,7 +528,7 @@ def test_cancel_takes_waiting_tasks_out_and_leaves_done_ones(redis_url: str, pre
     code, out, _ = cli(redis_url, prefix, "cancel", b_id, "shell:1:0:0:c", "shell:1:0:0:a", "shell:1:0:0:done",
                        "12345", "--json")  # fmt: skip
     assert code == 1 and json.loads(out) == {b_id: "cancelled", "shell:1:0:0:c": "cancelled",
-                                             "shell:1:0:0:a": "running", "shell:1:0:0:done": "finished",
+                                             "shell:1:0:0:a": "stopping", "shell:1:0:0:done": "finished",
                                              "12345": "unknown"}, out  # fmt: skip
     counts = queue.counts()
     assert counts["todo"] == 0 and counts["cancelled"] == 2 and counts["in_progress"] == 1, counts

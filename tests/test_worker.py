@@ -323,3 +323,27 @@ def test_workers_apply_retention_to_done_records(queue: Queue, start_worker) -> 
     wait_until(lambda: queue.counts()["finished"] <= 5, 20, what="retention ran")
     assert queue.stats()["finished"] == 30 and queue.stats()["forgotten_finished"] >= 25
     assert w.stop() == 0
+
+
+def test_cancel_stops_a_running_task_and_records_it_cancelled(queue: Queue, start_worker, tmp_path: Path,
+                                                              redis_url: str) -> None:  # fmt: skip
+    """Issue 12: `distcomp cancel ID` of a running task: its worker learns of it at once (a wake-up,
+    then its next settle), kills the task's process group and records it cancelled; a buffered one
+    ends without starting. The audit knows the state."""
+    pid_file = tmp_path / "pid"
+    long = f"shell:1:0:0:echo $$ > {pid_file}; sleep 60"
+    buffered = "shell:1:0:0:sleep 60 # buffered"
+    w = start_worker("--concurrency", "1", "--prefetch", "4")
+    warm = warm_up(queue)
+    queue.submit([long, buffered])
+    wait_until(pid_file.exists, 20, what="the long task runs")
+    wait_until(lambda: len(queue.holdings("w1")) == 2, 20, what="the second buffered")
+    ids = queue.ids([long, buffered])
+    out = run_cli("cancel", ids[long], ids[buffered], "--redis-url", redis_url, "--prefix", queue.keys.prefix)
+    assert out.returncode == 0 and "stops it and records it cancelled" in out.stdout, out
+    wait_until(lambda: queue.counts()["cancelled"] == 2, 10, what="both recorded cancelled")
+    pid = int(pid_file.read_text())
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 10, what="the task's process gone")
+    assert queue.counts()["in_progress"] == 0 and queue.r.hlen(queue.keys.cancel_requests) == 0
+    assert w.stop() == 0
+    assert audit(queue, submitted=[*warm, long, buffered], expect_done=True).ok

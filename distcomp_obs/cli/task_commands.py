@@ -67,7 +67,7 @@ def cmd_task(args: argparse.Namespace) -> int:
 
 
 def add_cancel_parser(sub: Subparsers) -> None:
-    text = "cancel waiting tasks by id or line: they leave the queue, recorded as cancelled"
+    text = "cancel tasks by id or line: waiting ones leave the queue, running ones are stopped; both recorded cancelled"
     p = sub.add_parser("cancel", help=text, description=f"{text[0].upper()}{text[1:]}.")
     _common(p)
     p.add_argument("refs", nargs="+", metavar="ID", help="task ids (submit numbers) or lines")
@@ -89,7 +89,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     else:
         for ref, word in result.items():
             print(f"{ref}: {CANCEL_WORDS.get(word, word)}")
-    return 0 if all(w in ("cancelled", "already_cancelled") for w in result.values()) else 1
+    return 0 if all(w in ("cancelled", "already_cancelled", "stopping") for w in result.values()) else 1
 
 
 CANCEL_WORDS = {
@@ -97,7 +97,7 @@ CANCEL_WORDS = {
     "already_cancelled": "was already cancelled",
     "finished": "already finished: nothing changed",
     "failed": "already failed: nothing changed",
-    "running": "claimed by a worker: not cancelled (stopping claimed tasks is not built yet)",
+    "stopping": "claimed by a worker: it stops it and records it cancelled",
     "unknown": "no such task",
 }
 

@@ -2,10 +2,12 @@
 -- terminal state, like finished and failed); a task already done is left as it is.
 -- KEYS: keys.SCRIPT_KEYS.
 -- ARGV[1] who asks (kept in the record)  ARGV[2] reason  ARGV[3..] tasks.
--- Returns one word per task: cancelled | finished | failed | already_cancelled | running | unknown.
--- (Running and buffered tasks are not stopped yet: their worker would have to learn of it.)
+-- A claimed task (buffered or running) gets a cancel request under its claim token: its worker
+-- learns of it with its next settle (a "cancel" wake-up makes that soon), stops it and records it
+-- cancelled; if that worker dies first, the reaper records it cancelled instead of requeueing it.
+-- Returns one word per task: cancelled | stopping | finished | failed | already_cancelled | unknown.
 local now = now_ms()
-local out, done = {}, {}
+local out, done, stopping = {}, {}, false
 local middle = '","by":' .. cjson.encode(ARGV[1]) .. ',"at":' .. now
 for i = 3, #ARGV do
   local task = ARGV[i]
@@ -17,7 +19,10 @@ for i = 3, #ARGV do
   elseif redis.call('HEXISTS', K.cancelled_tasks, task) == 1 then
     word = 'already_cancelled'
   elseif redis.call('HEXISTS', K.in_progress_tasks, task) == 1 then
-    word = 'running'
+    local token = parse_holding(redis.call('HGET', K.in_progress_tasks, task))
+    redis.call('HSET', K.cancel_requests, task, token)
+    stopping = true
+    word = 'stopping'
   elseif redis.call('ZREM', K.todo_tasks, member(task, seq_of(redis.call('HGET', K.tasks, task)))) == 1 then
     forget_if_empty(class_of(task))
     redis.call('HSET', K.cancelled_tasks, task, '{"token":"-' .. middle .. '}\n' .. ARGV[2])
@@ -32,4 +37,5 @@ if #done > 0 then
   redis.call('HINCRBY', K.stats, 'cancelled', #done)
   event('cancelled', done, now)
 end
+if stopping then redis.call('PUBLISH', K.wake_channel, 'cancel') end
 return out

@@ -136,17 +136,44 @@ local function event(kind, tasks, now)
   redis.call('XADD', K.events, unpack(fields))
 end
 
+-- Record a task cancelled (a terminal state): released, its cancel request consumed.
+local function cancel_held(task, token, who, reason, now)
+  redis.call('HDEL', K.in_progress_tasks, task)
+  redis.call('HDEL', K.cancel_requests, task)
+  redis.call('HSET', K.cancelled_tasks, task, record(token, who, now, '', reason))
+  redis.call('HINCRBY', K.stats, 'cancelled', 1)
+  event('cancelled', {task}, now)
+end
+
 -- Put a held task back in todo, FIFO place kept. Idempotent, and safe on half-done states left
--- by the one-command protocol: a settled task is only released.
+-- by the one-command protocol: a settled task is only released; a task with a cancel request is
+-- recorded cancelled instead (its worker died or gave it back before stopping it).
 local function requeue(task)
+  if redis.call('HEXISTS', K.cancel_requests, task) == 1 and not is_settled(task) then
+    cancel_held(task, 'requeue', 'reaper', 'cancelled (its worker stopped before it could)', now_ms())
+    return 0
+  end
   redis.call('HDEL', K.in_progress_tasks, task)
   if is_settled(task) then return 0 end
   todo_add(task)
   return 1
 end
 
+-- The cancel requests for tasks this incarnation holds (none to read while none is pending).
+local function cancels_for(incarnation)
+  local out = {}
+  if redis.call('HLEN', K.cancel_requests) == 0 then return out end
+  local all = redis.call('HGETALL', K.cancel_requests)
+  local prefix = incarnation .. ':'
+  for i = 1, #all, 2 do
+    if string.sub(all[i + 1], 1, #prefix) == prefix then out[#out + 1] = all[i] end
+  end
+  return out
+end
+
 local function fail_for_good(task, token, worker, reason, detail, now)
   redis.call('HDEL', K.in_progress_tasks, task)
+  redis.call('HDEL', K.cancel_requests, task)
   todo_remove(task)
   redis.call('HSET', K.failed_final, task, record(token, worker, now, detail, reason))
   redis.call('HSET', K.task_fail_reason, task, reason)
@@ -346,6 +373,7 @@ local function finish_many(worker, at, now)
     records[#records + 1] = record_with(middle, ARGV[b + 1], ARGV[b + 4], ARGV[b + 3])
   end
   call_many('HDEL', K.in_progress_tasks, tasks)
+  if redis.call('HLEN', K.cancel_requests) > 0 then call_many('HDEL', K.cancel_requests, tasks) end
   call_many('HSET', K.finished_tasks, records)
   redis.call('HINCRBY', K.stats, 'finished', #tasks)
   event('finished', tasks, now)

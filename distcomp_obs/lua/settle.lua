@@ -6,8 +6,9 @@
 -- then r groups of 5: task, token, outcome (finished|failed), payload (stdout or reason),
 -- detail (the members of a JSON object of what the worker measured, without braces, or ''),
 -- then s (tasks started since the last settle) and s pairs: task, token (see maybe_running).
--- Returns {lease_ok (1/-1), remaining, {code per report}, token, task1, meta1, ...} (no token when nothing
--- was claimed)
+-- A report with outcome 'cancelled' (stopped on a cancel request) records the task cancelled.
+-- Returns {lease_ok (1/-1), remaining, {code per report}, {tasks this worker must stop}, token, task1,
+-- meta1, ...} (no token when nothing was claimed)
 -- with a CODE per report.
 local now = now_ms()
 local worker = ARGV[1]
@@ -31,6 +32,9 @@ for i = 0, r - 1 do
   if ours and ARGV[b + 2] == 'finished' then
     finished[#finished + 1] = b
     codes[i + 1] = CODE.FINISHED
+  elseif ours and ARGV[b + 2] == 'cancelled' then
+    cancel_held(task, token, worker, ARGV[b + 3], now)
+    codes[i + 1] = CODE.CANCELLED
   elseif ours then
     rest[#rest + 1] = i
   else
@@ -51,6 +55,7 @@ local out = {}
 if lease_ok then
   out = claim(worker, ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), now)
 end
+table.insert(out, 1, cancels_for(ARGV[2]))
 table.insert(out, 1, codes)
 table.insert(out, 1, redis.call('ZCARD', K.todo_tasks))
 table.insert(out, 1, lease_ok and 1 or -1)

@@ -410,8 +410,9 @@ def _claim_result(raw: list[Any]) -> ClaimResult:
 
 
 def _settle_result(raw: list[Any]) -> ClaimResult:
-    """settle.lua: {status, remaining, {code per report}, token, task, meta, ...}."""
-    return ClaimResult(raw[0] == 1, int(raw[1]), _claimed(raw[3:]), [ReportCode(int(c)) for c in raw[2]])
+    """settle.lua: {status, remaining, {code per report}, {tasks to stop}, token, task, meta, ...}."""
+    codes = [ReportCode(int(c)) for c in raw[2]]
+    return ClaimResult(raw[0] == 1, int(raw[1]), _claimed(raw[4:]), codes, _texts(raw[3]))
 
 
 def _heartbeat(raw: list[Any]) -> Heartbeat:

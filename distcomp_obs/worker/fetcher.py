@@ -18,6 +18,7 @@ from distcomp_obs.records import NO_CLAIM, Claimed, ClaimLimits, ClaimResult, Re
 from distcomp_obs.redis_io import RedisRefused
 from distcomp_obs.worker import policy
 from distcomp_obs.worker.buffer import Held, make_held
+from distcomp_obs.worker.execute import Outcome
 from distcomp_obs.worker.pace import Pace
 from distcomp_obs.worker.parts import REDIS_DOWN, Parts, Tally
 from distcomp_obs.worker.polling import Wait
@@ -66,7 +67,7 @@ class Fetcher:
             if want and not fetch_due:
                 want = 0
             claimed, remaining = 0, -1
-            if want or self._reports_due():
+            if want or self._reports_due() or p.wake.take_cancel():
                 try:
                     claimed, remaining = self._round_trip(want, self._limits() if want else NO_CLAIM)
                 except (*REDIS_DOWN, RedisUnavailable) as exc:
@@ -168,6 +169,8 @@ class Fetcher:
         if not result.lease_ok:
             self.p.lease.lost()
             return 0, result.remaining
+        if result.cancels:
+            self._stop(result.cancels)
         self._accept(result.tasks)
         return len(result.tasks), result.remaining
 
@@ -214,6 +217,9 @@ class Fetcher:
             if code is ReportCode.DUPLICATE:
                 continue
             kind = res.held.task.type.value
+            if code is ReportCode.CANCELLED:  # rare: its series is made when it first happens
+                self.m.tasks_completed.labels(kind, code.outcome).inc()
+                continue
             self._completed[kind, code.outcome].inc()
             ex = None if res.trace is None else res.trace.exemplar  # links the bucket to the process span
             self._duration[kind, code.outcome].observe(res.duration_s, ex)
@@ -224,6 +230,16 @@ class Fetcher:
             log.info("worker %s: task %r failed (%s): %s", self.name, res.held.line,
                      "for good" if code is ReportCode.FAILED_FINAL else "will retry elsewhere",
                      res.outcome.output[:200])  # fmt: skip
+
+    def _stop(self, tasks: list[str]) -> None:
+        """Cancel requests for tasks we hold: buffered ones end now, running ones are killed (their
+        process groups); both are reported cancelled with the next settle."""
+        lines = set(tasks)
+        for held in self.p.buffer.drop(lambda h: h.line in lines):
+            self.p.results.put(Result(held, Outcome(False, "cancelled", "cancelled"), 0.0, time.monotonic()))
+        running = self.p.pool.cancel(lines)
+        log.info("worker %s: cancel requested for %d task(s); stopping %d running", self.name, len(lines), running)
+        self.p.wake.poke()
 
     def _accept(self, claimed: list[Claimed]) -> None:
         if not claimed:

@@ -55,5 +55,8 @@ class WakeListener:
             self.request_stop()
             self.wake.poke()
             return
+        if message["data"] == "cancel":  # the next settle tells this worker which of its tasks to stop
+            self.wake.cancel_requested()
+            return
         _, _, priority = message["data"].partition(" ")
         self.wake.announce(int(priority or 0))

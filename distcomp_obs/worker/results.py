@@ -31,6 +31,8 @@ class Result:
 
     def report(self) -> Report:
         o = self.outcome
+        if o.killed_for == "cancelled":
+            return Report(self.held.line, self.held.token, "cancelled", o.output, self.detail())
         if o.ok:
             return Report(self.held.line, self.held.token, "finished", o.output, self.detail())
         return Report(self.held.line, self.held.token, "failed", o.output or "failed without a message", self.detail())

@@ -113,6 +113,14 @@ class SlotPool:
                 return None
             return max(self._running.values(), key=lambda pair: pair[0].started_at)
 
+    def cancel(self, lines: set[str]) -> int:
+        """Stop these running tasks (their whole process groups): each ends as a cancelled result."""
+        with self._lock:
+            running = [r for h, r in self._running.values() if h.line in lines]
+        for r in running:
+            r.kill("cancelled")
+        return len(running)
+
     def kill_all(self, reason: str) -> None:
         with self._lock:
             running = [r for _, r in self._running.values()]
@@ -188,7 +196,7 @@ class SlotPool:
         with self._lock:
             self._running.pop((held.line, held.token), None)
             self.m.slots_busy.set(len(self._running))
-        if outcome.killed_for:
+        if outcome.killed_for and outcome.killed_for != "cancelled":  # cancelled: reported, recorded cancelled
             self.give_back([held], outcome.killed_for)
             if tt is not None and tracer is not None:
                 tracer.returned(tt, outcome.killed_for)

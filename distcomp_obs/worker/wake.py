@@ -28,6 +28,18 @@ class WakeSignal:
         self._submitted = False
         self._priority = -1
         self._generation = 0
+        self._cancel = False
+
+    def cancel_requested(self) -> None:
+        """The channel said a task was cancelled: the next pass settles even with nothing to send."""
+        with self._lock:
+            self._cancel = True
+        self._event.set()
+
+    def take_cancel(self) -> bool:
+        with self._lock:
+            wanted, self._cancel = self._cancel, False
+            return wanted
 
     def poke(self) -> None:
         """A result is waiting, the buffer is low, or we are stopping: run a pass now."""
