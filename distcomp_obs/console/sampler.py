@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-SAMPLE_S = 3.0
-KEEP = 120  # samples: six minutes at 3 s
+SAMPLE_S = 2.0
+KEEP = 180  # samples: six minutes at 2 s
 
 
 class Throughput:
