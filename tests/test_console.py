@@ -334,3 +334,15 @@ def test_a_page_stays_fast_with_a_big_queue(console: Console, queue: Queue) -> N
     for path in ["/", "/tasks?state=todo", "/tasks?state=todo&q=big%2019999", "/api/overview"]:
         assert console.get(path)[0] == 200
     assert time.monotonic() - started < 5
+
+
+def test_a_cancelled_task_shows_as_cancelled(console: Console, queue: Queue, redis_url: str, prefix: str) -> None:
+    queue.submit(["shell:1:0:0:echo never"])
+    if not hasattr(queue.keys, "cancelled_tasks"):
+        pytest.skip("this queue has no cancel")
+    result = run_cli("cancel", "shell:1:0:0:echo never", "--redis-url", redis_url, "--prefix", prefix)
+    assert result.returncode == 0, result.stderr
+    url = task_url(queue, "shell:1:0:0:echo never")
+    assert console.json("/api" + url)["state"] == "cancelled"
+    status, body, _ = console.get(url)
+    assert status == 200 and 'class="state-cancelled">cancelled<' in body

@@ -18,7 +18,8 @@ from distcomp_obs.records import DoneRecord, Holding, parse_meta, unrunnable
 PAGE = 50
 STATES = ("todo", "in_progress", "finished", "failed")
 #: what each state is called on the pages
-WORDS = {"todo": "waiting", "in_progress": "running", "finished": "finished", "failed": "failed"}
+WORDS = {"todo": "waiting", "in_progress": "running", "finished": "finished", "failed": "failed",
+         "cancelled": "cancelled"}  # fmt: skip
 #: HSCAN COUNT when the failed reasons are searched client-side
 VALUE_SCAN_COUNT = 500
 SEARCH_BUDGET_S = 0.3
@@ -172,7 +173,10 @@ def task_view(q: Queue, line: str) -> TaskView | None:
     pipe = q.r.pipeline(transaction=False)
     for key in (k.tasks, k.in_progress_tasks, k.finished_tasks, k.failed_final, k.attempt_log, k.task_fail_reason):
         pipe.hget(key, line)
-    meta, held, finished, failed, log, last_reason = (None if v is None else _text(v) for v in pipe.execute())
+    cancelled_key = getattr(k, "cancelled_tasks", None)  # record layout 4's cancel (when the queue has it)
+    if cancelled_key is not None:
+        pipe.hget(cancelled_key, line)
+    meta, held, finished, failed, log, last_reason, *rest = (None if v is None else _text(v) for v in pipe.execute())
     if meta is None and held is None and finished is None and failed is None:
         return None
     seq, submitted_us, _ = parse_meta(meta or "")
@@ -199,6 +203,8 @@ def task_view(q: Queue, line: str) -> TaskView | None:
         else:
             view.stdout, view.reason = str(record.header.get("stdout", "")), record.body
         view.attempts.append(_attempt(record.header, view.reason))
+    elif rest and rest[0] is not None:
+        view.state, view.reason = "cancelled", DoneRecord.parse(rest[0]).body
     else:
         view.reason = last_reason or ""
     return view
