@@ -331,7 +331,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 #: the environment variable of each setting
 ENV_NAMES = {f"DISTCOMP_{name.upper()}": name for name in FIELDS}
 #: DISTCOMP_* variables that are not settings but are known (read elsewhere)
-OTHER_ENV = frozenset({WORKER_SETTINGS_ENV})
+OTHER_ENV = frozenset({WORKER_SETTINGS_ENV, "DISTCOMP_CONSOLE_TOKEN"})
 #: DISTCOMP_<PREFIX>* families read by tools outside the package (the soak test's knobs)
 OTHER_ENV_PREFIXES = ("DISTCOMP_SOAK_",)
 _warned_env: set[str] = set()
