@@ -538,3 +538,21 @@ def test_cancel_takes_waiting_tasks_out_and_leaves_done_ones(redis_url: str, pre
     assert code == 0 and "was already cancelled" in out
     code, out, _ = cli(redis_url, prefix, "task", b_id, "--json")
     assert json.loads(out)["state"] == "cancelled"
+
+
+def test_retry_and_delete_act_on_one_task_by_id(redis_url: str, prefix: str, queue: Queue) -> None:
+    """Issue 12: `retry ID` runs a failed (or cancelled) task again under a new id; `delete ID`
+    forgets a done task; a task in another state says so and nothing changes (exit 1)."""
+    _settle(queue, {"shell:1:0:0:ok": ("finished", "out"), "shell:1:0:0:ko": ("failed", "boom")})
+    queue.submit(["shell:1:0:0:waiting"])
+    ids = queue.ids(["shell:1:0:0:ok", "shell:1:0:0:ko", "shell:1:0:0:waiting"])
+    code, out, _ = cli(redis_url, prefix, "retry", ids["shell:1:0:0:ko"], ids["shell:1:0:0:ok"], "--json")
+    data = json.loads(out)
+    assert code == 1 and data[ids["shell:1:0:0:ok"]] == "finished: nothing changed", data
+    new_id = queue.ids(["shell:1:0:0:ko"])["shell:1:0:0:ko"]
+    assert data[ids["shell:1:0:0:ko"]] == f"queued again as task {new_id}" and new_id != ids["shell:1:0:0:ko"]
+    assert queue.counts()["todo"] == 2 and queue.counts()["failed"] == 0
+    code, out, _ = cli(redis_url, prefix, "delete", ids["shell:1:0:0:ok"], ids["shell:1:0:0:waiting"])
+    assert code == 1 and f"{ids['shell:1:0:0:ok']}: deleted" in out and "todo: nothing changed" in out, out
+    assert queue.counts()["finished"] == 0 and queue.meta("shell:1:0:0:ok") is None
+    assert audit(queue).ok

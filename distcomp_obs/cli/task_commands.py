@@ -18,9 +18,20 @@ class UnknownTask(DistcompError):
     """No known task has this id or line."""
 
 
+RETRY_DELETE = {
+    "retry": "run failed or cancelled tasks again (they are submitted anew, with a new id)",
+    "delete": "forget done tasks: finished, failed or cancelled (their lines may be submitted again)",
+}
+
+
 def add_parsers(sub: Subparsers) -> None:
     add_task_parser(sub)
     add_cancel_parser(sub)
+    for name, text in RETRY_DELETE.items():
+        p = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}.")
+        _common(p)
+        p.add_argument("refs", nargs="+", metavar="ID", help="task ids (submit numbers) or lines")
+        p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 def add_task_parser(sub: Subparsers) -> None:
@@ -102,4 +113,38 @@ CANCEL_WORDS = {
 }
 
 
-HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"task": cmd_task, "cancel": cmd_cancel}
+def cmd_retry_or_delete(args: argparse.Namespace) -> int:
+    """Per task: what happened, or why nothing did. Exit 1 when one task could not be acted on."""
+    from distcomp_obs.queue.views import task_view
+
+    q, _ = open_queue(args)
+    allowed = ("failed", "cancelled") if args.command == "retry" else ("finished", "failed", "cancelled")
+    result: dict[str, str] = {}
+    for ref in args.refs:
+        view = task_view(q, ref)
+        if view is None:
+            result[ref] = "no such task"
+        elif view.state not in allowed:
+            result[ref] = f"{view.state.replace('_', ' ')}: nothing changed"
+        elif not q.forget(view.state, [view.line]):
+            result[ref] = "changed meanwhile: nothing done"
+        elif args.command == "retry":
+            q.submit([view.line])
+            result[ref] = f"queued again as task {q.ids([view.line]).get(view.line, '?')}"
+        else:
+            result[ref] = "deleted"
+    if args.json:
+        print_json(result)
+    else:
+        for ref, what in result.items():
+            print(f"{ref}: {what}")
+    done = ("queued again", "deleted")
+    return 0 if all(what.startswith(done) for what in result.values()) else 1
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "task": cmd_task,
+    "cancel": cmd_cancel,
+    "retry": cmd_retry_or_delete,
+    "delete": cmd_retry_or_delete,
+}
