@@ -556,3 +556,12 @@ def test_retry_and_delete_act_on_one_task_by_id(redis_url: str, prefix: str, que
     assert code == 1 and f"{ids['shell:1:0:0:ok']}: deleted" in out and "todo: nothing changed" in out, out
     assert queue.counts()["finished"] == 0 and queue.meta("shell:1:0:0:ok") is None
     assert audit(queue).ok
+
+
+def test_retry_failed_and_purge_finished_take_include(redis_url: str, prefix: str, queue: Queue) -> None:
+    _settle(queue, {"shell:1:0:0:a": ("failed", "disk full"), "shell:1:0:0:b": ("failed", "timeout"),
+                    "shell:1:0:0:c": ("finished", "x"), "shell:1:0:0:d": ("finished", "y")})  # fmt: skip
+    code, out, _ = cli(redis_url, prefix, "retry-failed", "--include", "disk", "--json")
+    assert code == 0 and json.loads(out) == {"requeued": 1} and set(queue.list_state("failed")) == {"shell:1:0:0:b"}
+    code, out, _ = cli(redis_url, prefix, "purge-finished", "--include", ":d", "--json")
+    assert code == 0 and json.loads(out) == {"purged": 1} and set(queue.list_state("finished")) == {"shell:1:0:0:c"}

@@ -111,6 +111,9 @@ def _add_manager(sub: Subparsers) -> None:
         p = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}.")
         _common(p)
         p.add_argument("--json", action="store_true", help=JSON_HELP)
+        if name != "stop-workers":
+            p.add_argument("--include", default="", metavar="TEXT",
+                           help="only tasks whose line or output/reason holds TEXT")  # fmt: skip
 
     text = "return the tasks of workers silent for --older-than seconds"
     p = sub.add_parser(
@@ -263,10 +266,10 @@ def _manage(args: argparse.Namespace, q: Queue) -> tuple[dict[str, Any], str]:
     from distcomp_obs.queue import manager
 
     if args.command == "retry-failed":
-        n = manager.retry_failed(q)
+        n = manager.retry_failed(q, args.include)
         return {"requeued": n}, f"requeued {n} failed task(s)"
     if args.command == "purge-finished":
-        n = manager.purge_finished(q)
+        n = manager.purge_finished(q, args.include)
         return {"purged": n}, f"purged {n} finished task(s)"
     if args.command == "stop-workers":
         manager.request_stop(q)

@@ -30,16 +30,21 @@ def _forget(q: Queue, state: str, tasks: list[str], after_each: Callable[[list[s
     return forgotten
 
 
-def retry_failed(q: Queue) -> int:
-    """Put every failed-for-good task back in todo with a clean failure history. The stats
-    counters are never decremented (the exporter serves them as Prometheus counters, and a
-    decrease reads as a reset): a retry counts as a new submission."""
-    return _forget(q, "failed", list(q.list_state("failed")), after_each=q.submit)
+def _matching(tasks: dict[str, str], include: str) -> list[str]:
+    """Tasks whose line or detail (output, reason) holds `include` ("" matches all)."""
+    return [t for t, detail in tasks.items() if not include or include in t or include in detail]
 
 
-def purge_finished(q: Queue) -> int:
-    """Forget finished tasks (so the same lines can be submitted again)."""
-    return _forget(q, "finished", list(q.list_state("finished")))
+def retry_failed(q: Queue, include: str = "") -> int:
+    """Put every failed-for-good task (whose line or reason holds `include`) back in todo with a
+    clean failure history. The stats counters are never decremented (the exporter serves them as
+    Prometheus counters, and a decrease reads as a reset): a retry counts as a new submission."""
+    return _forget(q, "failed", _matching(q.list_state("failed"), include), after_each=q.submit)
+
+
+def purge_finished(q: Queue, include: str = "") -> int:
+    """Forget finished tasks (whose line or output holds `include`): their lines may be submitted again."""
+    return _forget(q, "finished", _matching(q.list_state("finished"), include))
 
 
 def requeue_dead(q: Queue, older_than_s: float) -> tuple[list[str], int]:
