@@ -44,6 +44,10 @@ class Keys:
         return self._k("task_ids")
 
     @property
+    def jobs(self) -> str:  # HASH "job<TAB>counter" -> n: submitted, finished, failed, cancelled (O(1) progress)
+        return self._k("jobs")
+
+    @property
     def todo_tasks(self) -> str:  # ZSET, all scores 0: "dram:cpu|<17-digit claim score>|task" for each
         # waiting task, read by lexical range per resource class (no head-of-line block); claim
         # score = (MAX_PRIORITY - priority) * 2^32 + seq
@@ -154,6 +158,7 @@ class Keys:
 SCRIPT_KEYS: tuple[str, ...] = (
     "tasks",
     "task_ids",
+    "jobs",
     "todo_tasks",
     "todo_classes",
     "in_progress_tasks",

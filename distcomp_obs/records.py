@@ -82,29 +82,41 @@ class Claimed:
 
 
 def parse_meta(meta: str) -> tuple[int, int, str]:
-    """A `tasks` field, "seq submitted_us[ trace]" -> (seq, submitted µs, trace context or "")."""
-    parts = meta.split(" ", 2) if meta else []
+    """A `tasks` field, "seq submitted_us job[ trace]" -> (seq, submitted µs, trace context or "")."""
+    parts = meta.split(" ", 3) if meta else []
     seq = int(parts[0]) if parts else 0
     submitted_us = int(parts[1]) if len(parts) > 1 else 0
-    return seq, submitted_us, parts[2] if len(parts) > 2 else ""
+    return seq, submitted_us, parts[3] if len(parts) > 3 else ""
+
+
+#: the job of tasks submitted without one
+NO_JOB = "-"
+
+
+def meta_job(meta: str) -> str:
+    """The job a `tasks` field names (NO_JOB if none)."""
+    parts = meta.split(" ", 3) if meta else []
+    return parts[2] if len(parts) > 2 else NO_JOB
 
 
 @dataclass(frozen=True, slots=True)
 class Holding:
-    """An in_progress_tasks field, "token claim_ms started worker": who holds a claimed task."""
+    """An in_progress_tasks field, "token claim_ms started job worker": who holds a claimed task
+    (and its job, so a report counts toward it without reading the task's meta)."""
 
     token: str
     claimed_ms: int
     started: bool  # its worker reported it started (a start mark)
     worker: str
+    job: str = NO_JOB
 
     @classmethod
     def parse(cls, value: str) -> Holding:
-        token, claimed_ms, started, worker = value.split(" ", 3)
-        return cls(token, int(claimed_ms), started == "s", worker)
+        token, claimed_ms, started, job, worker = value.split(" ", 4)
+        return cls(token, int(claimed_ms), started == "s", worker, job)
 
     def text(self) -> str:
-        return f"{self.token} {self.claimed_ms} {'s' if self.started else '-'} {self.worker}"
+        return f"{self.token} {self.claimed_ms} {'s' if self.started else '-'} {self.job} {self.worker}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -565,3 +565,28 @@ def test_retry_failed_and_purge_finished_take_include(redis_url: str, prefix: st
     assert code == 0 and json.loads(out) == {"requeued": 1} and set(queue.list_state("failed")) == {"shell:1:0:0:b"}
     code, out, _ = cli(redis_url, prefix, "purge-finished", "--include", ":d", "--json")
     assert code == 0 and json.loads(out) == {"purged": 1} and set(queue.list_state("finished")) == {"shell:1:0:0:c"}
+
+
+def test_jobs_count_each_state_in_o1(tmp_path: Path, redis_url: str, prefix: str, queue: Queue) -> None:
+    """Issue 12: submit --job NAME (default: the file's name); `jobs` and `job NAME` show progress
+    from per-job counters the scripts keep, and a job's failures with their reasons."""
+    f = tmp_path / "sweep.txt"
+    f.write_text("shell:1:0:0:a\nshell:1:0:0:b\nshell:1:0:0:c\n")
+    assert cli_in(tmp_path, "submit", str(f), "--redis-url", redis_url, "--prefix", prefix).returncode == 0
+    assert cli(redis_url, prefix, "jobs", "--json")[1] and queue.submit(["shell:1:0:0:other"], job="other") == 1
+    assert queue.acquire_lease("w", "i", 60_000)
+    queue.heartbeat("w", "i", 60_000, {"time": 0})
+    held = {c.line: c for c in queue.claim("w", "i", 4, ClaimLimits(8, 8)).tasks}
+    reports = [Report("shell:1:0:0:a", held["shell:1:0:0:a"].token, "finished", "ok"),
+               Report("shell:1:0:0:b", held["shell:1:0:0:b"].token, "failed", "disk full")]  # fmt: skip
+    queue.settle("w", "i", reports, 0, ClaimLimits(8, 8), max_retry=0)
+    code, out, _ = cli(redis_url, prefix, "job", "sweep.txt", "--json")
+    data = json.loads(out)
+    assert code == 0 and (data["submitted"], data["finished"], data["failed"], data["pending"]) == (3, 1, 1, 1), data
+    assert data["failures"] == {"shell:1:0:0:b": "disk full"}
+    code, out, _ = cli(redis_url, prefix, "jobs")
+    assert "sweep.txt: 2/3 done (67 %): 1 finished, 1 failed, 0 cancelled, 1 waiting or running" in out, out
+    assert "other: 0/1 done" in out
+    code, _, err = cli(redis_url, prefix, "job", "nope")
+    assert code == 2 and "no job 'nope'" in err
+    assert audit(queue).ok

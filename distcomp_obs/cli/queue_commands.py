@@ -70,6 +70,7 @@ def _add_submit_worker(sub: Subparsers) -> None:
     _common(p)
     p.add_argument("file", metavar="FILE", help="task file, one task line per line; - reads standard input")
     p.add_argument("--skip-invalid", action="store_true", help="exit 0 even if some lines are malformed")
+    p.add_argument("--job", metavar="NAME", help="the job (sweep) these tasks belong to (default: the file's name)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     text = "claim and run tasks until stopped (SIGTERM or Ctrl-C drains, a second signal returns everything)"
@@ -137,6 +138,16 @@ def _add_manager(sub: Subparsers) -> None:
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
+def job_name(given: str | None, file: str) -> str:
+    """The job of a submit: --job, or the task file's name ("stdin" for -); no spaces, at most 100."""
+    import os
+
+    name = given if given is not None else ("stdin" if file == "-" else os.path.basename(file))
+    if not name or len(name) > 100 or any(c.isspace() for c in name):
+        raise ConfigError("job", name, "a name of 1 to 100 characters without spaces")
+    return name
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from distcomp_obs import tracing
     from distcomp_obs.queue import Queue
@@ -151,7 +162,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     tracing.setup("distcomp-submit")
     lines = [t.line for t in loaded.tasks]
     with tracing.send_span(q.keys.prefix, len(lines)) as context:
-        added = q.submit(lines, trace=context)
+        added = q.submit(lines, trace=context, job=job_name(args.job, args.file))
     name = "<stdin>" if args.file == "-" else args.file
     counts = {
         "read": len(lines) + loaded.duplicates + loaded.error_count,

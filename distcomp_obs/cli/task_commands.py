@@ -18,6 +18,54 @@ class UnknownTask(DistcompError):
     """No known task has this id or line."""
 
 
+def add_job_parsers(sub: Subparsers) -> None:
+    p = sub.add_parser("jobs", help="every job's progress", description="Every job (sweep): its tasks per state.")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p = sub.add_parser("job", help="one job's progress and failures", description="One job: progress and failures.")
+    _common(p)
+    p.add_argument("name", metavar="NAME", help="the job's name (submit --job; default the task file's name)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _progress(name: str, c: dict[str, int]) -> str:
+    done = c["finished"] + c["failed"] + c["cancelled"]
+    pct = 100.0 * done / c["submitted"] if c["submitted"] else 100.0
+    return (f"{name}: {done}/{c['submitted']} done ({pct:.0f} %): {c['finished']} finished, {c['failed']} failed, "
+            f"{c['cancelled']} cancelled, {c['pending']} waiting or running")  # fmt: skip
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from distcomp_obs.queue import views
+
+    q, _ = open_queue(args)
+    jobs = views.jobs(q)
+    if args.json:
+        print_json(jobs)
+    for name, counts in sorted(jobs.items()) if not args.json else ():
+        print(_progress(name, counts))
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    from distcomp_obs.queue import views
+
+    q, _ = open_queue(args)
+    counts = views.job(q, args.name)
+    if counts is None:
+        raise UnknownTask(f"no job {args.name!r} in queue {q.keys.prefix!r}")
+    failures = (
+        {t: r for t, r in q.list_state("failed").items() if views.job_of(q, t) == args.name} if counts["failed"] else {}
+    )
+    if args.json:
+        print_json({"job": args.name, **counts, "failures": failures})
+        return 0
+    print(_progress(args.name, counts))
+    for task, reason in sorted(failures.items()):
+        print(f"  FAILED {task}\n         {reason.splitlines()[0] if reason else ''}")
+    return 0
+
+
 RETRY_DELETE = {
     "retry": "run failed or cancelled tasks again (they are submitted anew, with a new id)",
     "delete": "forget done tasks: finished, failed or cancelled (their lines may be submitted again)",
@@ -27,6 +75,7 @@ RETRY_DELETE = {
 def add_parsers(sub: Subparsers) -> None:
     add_task_parser(sub)
     add_cancel_parser(sub)
+    add_job_parsers(sub)
     for name, text in RETRY_DELETE.items():
         p = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}.")
         _common(p)
@@ -146,5 +195,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "task": cmd_task,
     "cancel": cmd_cancel,
     "retry": cmd_retry_or_delete,
+    "jobs": cmd_jobs,
+    "job": cmd_job,
     "delete": cmd_retry_or_delete,
 }

@@ -19,13 +19,14 @@ for i = 3, #ARGV do
   elseif redis.call('HEXISTS', K.cancelled_tasks, task) == 1 then
     word = 'already_cancelled'
   elseif redis.call('HEXISTS', K.in_progress_tasks, task) == 1 then
-    local token = parse_holding(redis.call('HGET', K.in_progress_tasks, task))
+    local token = parse_holding(redis.call('HGET', K.in_progress_tasks, task))  -- its first field
     redis.call('HSET', K.cancel_requests, task, token)
     stopping = true
     word = 'stopping'
   elseif redis.call('ZREM', K.todo_tasks, member(task, seq_of(redis.call('HGET', K.tasks, task)))) == 1 then
     forget_if_empty(class_of(task))
     redis.call('HSET', K.cancelled_tasks, task, '{"token":"-' .. middle .. '}\n' .. ARGV[2])
+    job_count(job_of(redis.call('HGET', K.tasks, task)), 'cancelled', 1)
     done[#done + 1] = task
     word = 'cancelled'
   else

@@ -88,12 +88,24 @@ end
 
 -- in_progress_tasks values: "token claim_ms started worker" (started: 's' once its worker said
 -- it started, else '-'); the worker name comes last, as it is the only part that may hold spaces.
-local function holding(token, ms, started, worker)
-  return token .. ' ' .. ms .. ' ' .. started .. ' ' .. worker
+local function holding(token, ms, started, job, worker)
+  return token .. ' ' .. ms .. ' ' .. started .. ' ' .. job .. ' ' .. worker
 end
 
+-- -> token, ms, started, worker, job
 local function parse_holding(value)
-  return string.match(value, '^(%S+) (%d+) (%S) (.*)$')
+  local token, ms, started, job, worker = string.match(value, '^(%S+) (%d+) (%S) (%S+) (.*)$')
+  return token, ms, started, worker, job
+end
+
+-- The job a `tasks` field names ('-' when none).
+local function job_of(meta)
+  return string.match(meta or '', '^%d+ %d+ (%S+)') or '-'
+end
+
+-- Count n tasks of `job` into one of its counters (jobs: "job<TAB>counter" -> n).
+local function job_count(job, counter, n)
+  redis.call('HINCRBY', K.jobs, job .. '\t' .. counter, n)
 end
 
 -- Whether an in_progress_tasks value carries this claim token (a plain prefix test).
@@ -138,6 +150,7 @@ end
 
 -- Record a task cancelled (a terminal state): released, its cancel request consumed.
 local function cancel_held(task, token, who, reason, now)
+  job_count(job_of(redis.call('HGET', K.tasks, task)), 'cancelled', 1)
   redis.call('HDEL', K.in_progress_tasks, task)
   redis.call('HDEL', K.cancel_requests, task)
   redis.call('HSET', K.cancelled_tasks, task, record(token, who, now, '', reason))
@@ -172,6 +185,7 @@ local function cancels_for(incarnation)
 end
 
 local function fail_for_good(task, token, worker, reason, detail, now)
+  job_count(job_of(redis.call('HGET', K.tasks, task)), 'failed', 1)
   redis.call('HDEL', K.in_progress_tasks, task)
   redis.call('HDEL', K.cancel_requests, task)
   todo_remove(task)
@@ -276,10 +290,10 @@ local function mark_started(pairs_)
   local marks = {}
   for i, task in ipairs(tasks) do
     if current[i] then
-      local token, ms, started, worker = parse_holding(current[i])
+      local token, ms, started, worker, job = parse_holding(current[i])
       if token == pairs_[2 * i] and started ~= 's' then
         marks[#marks + 1] = task
-        marks[#marks + 1] = holding(token, ms, 's', worker)
+        marks[#marks + 1] = holding(token, ms, 's', job, worker)
       end
     end
   end
@@ -344,15 +358,15 @@ local function claim(worker, incarnation, n, free_dram, cpus, window, now)
   -- a token, which is all fencing needs (and it spares a number-to-text per task).
   local token = incarnation .. ':' .. redis.call('HINCRBY', K.stats, 'claimed', #picked)
   local holders = {}
-  local value = token .. ' ' .. now .. ' - ' .. worker
-  for _, task in ipairs(picked) do
+  local head, tail = token .. ' ' .. now .. ' - ', ' ' .. worker
+  local metas = redis.call('HMGET', K.tasks, unpack(picked))
+  for i, task in ipairs(picked) do
     holders[#holders + 1] = task
-    holders[#holders + 1] = value
+    holders[#holders + 1] = head .. job_of(metas[i]) .. tail
   end
   call_many('ZREM', K.todo_tasks, members)
   for class in pairs(per_class) do forget_if_empty(class) end
   call_many('HSET', K.in_progress_tasks, holders)
-  local metas = redis.call('HMGET', K.tasks, unpack(picked))
   local out = {token}
   for i, task in ipairs(picked) do
     out[#out + 1] = task
@@ -364,14 +378,17 @@ end
 -- Record a batch of finished tasks whose claims were checked current: three calls for the
 -- batch, whatever its size. `at`: where each report starts in ARGV (task, token, outcome,
 -- output, detail).
-local function finish_many(worker, at, now)
-  local tasks, records = {}, {}
+local function finish_many(worker, at, values, now)
+  local tasks, records, jobs = {}, {}, {}
   local middle = record_middle(worker, now)
-  for _, b in ipairs(at) do
+  for i, b in ipairs(at) do
     tasks[#tasks + 1] = ARGV[b]
     records[#records + 1] = ARGV[b]
     records[#records + 1] = record_with(middle, ARGV[b + 1], ARGV[b + 4], ARGV[b + 3])
+    local _, _, _, _, job = parse_holding(values[i])
+    jobs[job] = (jobs[job] or 0) + 1
   end
+  for job, n in pairs(jobs) do job_count(job, 'finished', n) end
   call_many('HDEL', K.in_progress_tasks, tasks)
   if redis.call('HLEN', K.cancel_requests) > 0 then call_many('HDEL', K.cancel_requests, tasks) end
   call_many('HSET', K.finished_tasks, records)
@@ -437,7 +454,12 @@ local function forget_done(task, only)
   if not state or (only and state ~= only) or redis.call('HEXISTS', K.in_progress_tasks, task) == 1 then
     return nil
   end
-  redis.call('HDEL', K.task_ids, tostring(seq_of(redis.call('HGET', K.tasks, task))))
+  local meta = redis.call('HGET', K.tasks, task)
+  redis.call('HDEL', K.task_ids, tostring(seq_of(meta)))
+  if only then  -- purge, retry, delete: the job no longer has this task (retention keeps its counts)
+    job_count(job_of(meta), state, -1)
+    job_count(job_of(meta), 'submitted', -1)
+  end
   for _, name in ipairs(PER_TASK) do redis.call('HDEL', K[name], task) end
   return state
 end

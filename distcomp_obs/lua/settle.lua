@@ -24,13 +24,14 @@ local codes, retried = {}, false
 local tasks = {}
 for i = 0, r - 1 do tasks[i + 1] = ARGV[9 + i * 5] end
 local current = r > 0 and redis.call('HMGET', K.in_progress_tasks, unpack(tasks)) or {}
-local finished, rest, seen = {}, {}, {}
+local finished, values, rest, seen = {}, {}, {}, {}
 for i = 0, r - 1 do
   local b = 9 + i * 5
   local task, token = ARGV[b], ARGV[b + 1]
   local ours = holds(current[i + 1], token) and not seen[task]
   if ours and ARGV[b + 2] == 'finished' then
     finished[#finished + 1] = b
+    values[#values + 1] = current[i + 1]
     codes[i + 1] = CODE.FINISHED
   elseif ours and ARGV[b + 2] == 'cancelled' then
     cancel_held(task, token, worker, ARGV[b + 3], now)
@@ -42,7 +43,7 @@ for i = 0, r - 1 do
   end
   seen[task] = true
 end
-if #finished > 0 then finish_many(worker, finished, now) end
+if #finished > 0 then finish_many(worker, finished, values, now) end
 for _, i in ipairs(rest) do
   local b = 9 + i * 5
   local code = fail_one(worker, ARGV[b], ARGV[b + 1], ARGV[b + 3], ARGV[b + 4], max_retry, now)

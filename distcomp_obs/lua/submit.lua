@@ -2,7 +2,7 @@
 -- failed, until forgotten) are skipped, so identical lines are one task.
 -- KEYS: keys.SCRIPT_KEYS (the per-worker key is unused).
 -- ARGV[1] new epoch value (kept only if none is set)  ARGV[2] trace context JSON or ''
--- ARGV[3..] normalised task lines.
+-- ARGV[3] job ('-': none)  ARGV[4..] normalised task lines.
 -- Returns the number added. Publishes one wake-up with the highest added priority.
 -- A line costs one field of `tasks` (seq, submit time in µs, trace) and one member of
 -- todo_tasks: three variadic calls for the whole batch.
@@ -10,12 +10,12 @@ local t = redis.call('TIME')
 local submitted = t[1] .. string.format('%06d', tonumber(t[2]))
 redis.call('SET', K.epoch, ARGV[1], 'NX')
 redis.call('SET', K.layout, LAYOUT, 'NX')
-if #ARGV < 3 then return 0 end
-local known = redis.call('HMGET', K.tasks, unpack(ARGV, 3))
+if #ARGV < 4 then return 0 end
+local known = redis.call('HMGET', K.tasks, unpack(ARGV, 4))
 local new, seen = {}, {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local task = ARGV[i]
-  if not known[i - 2] and not seen[task] then
+  if not known[i - 3] and not seen[task] then
     seen[task] = true
     new[#new + 1] = task
   end
@@ -23,7 +23,7 @@ end
 if #new == 0 then return 0 end
 local seq = redis.call('INCRBY', K.seq, #new) - #new
 local metas, ids, index, classes, class_list, groups = {}, {}, {}, {}, {}, {}
-local tail = ' ' .. submitted .. (ARGV[2] == '' and '' or (' ' .. ARGV[2]))
+local tail = ' ' .. submitted .. ' ' .. ARGV[3] .. (ARGV[2] == '' and '' or (' ' .. ARGV[2]))
 local top = -1
 for _, task in ipairs(new) do
   seq = seq + 1
@@ -53,5 +53,6 @@ call_many('HSET', K.task_ids, ids)
 call_many('SADD', K.todo_classes, class_list)
 call_many('ZADD', K.todo_tasks, index)  -- claimable last
 redis.call('HINCRBY', K.stats, 'submitted', #new)
+job_count(ARGV[3], 'submitted', #new)
 redis.call('PUBLISH', K.wake_channel, 'submit ' .. top)
 return #new

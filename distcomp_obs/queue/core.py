@@ -22,6 +22,7 @@ from distcomp_obs.metrics import WorkerMetrics
 from distcomp_obs.queue import scripts
 from distcomp_obs.records import (
     LAYOUT,
+    NO_JOB,
     Claimed,
     ClaimLimits,
     ClaimResult,
@@ -101,16 +102,16 @@ class Queue:
         self._layout_ok = True
 
     # --- submit ------------------------------------------------------------------------------
-    def submit(self, lines: Sequence[str], trace: str = "") -> int:
-        """Add normalised task lines; returns how many were new. One round trip (one atomic script)
-        per 1000 lines; if Redis stops one part way, SubmitIncomplete says how many were added."""
+    def submit(self, lines: Sequence[str], trace: str = "", job: str = NO_JOB) -> int:
+        """Add normalised task lines to `job`; returns how many were new. One round trip (one atomic
+        script) per 1000 lines; if Redis stops one part way, SubmitIncomplete says how many were added."""
         self.check_layout()
         added = 0
         epoch = uuid.uuid4().hex
         for start in range(0, len(lines), SUBMIT_BATCH):
             batch = lines[start : start + SUBMIT_BATCH]
             try:
-                added += self._run("submit", "submit", "-", [epoch, trace, *batch], int)
+                added += self._run("submit", "submit", "-", [epoch, trace, job or NO_JOB, *batch], int)
             except redis.RedisError as exc:
                 why = str(exc) if isinstance(exc, RedisRefused) else f"Redis is {outage_cause(exc)} ({exc})"
                 raise SubmitIncomplete(added, len(lines), why) from None

@@ -22,6 +22,7 @@ from distcomp_obs.records import (
     Holding,
     Report,
     ReportCode,
+    meta_job,
     parse_meta,
     resource_class,
     todo_member,
@@ -60,14 +61,14 @@ class OneCommandProtocol:
             if f",{worker}," in failed_on:
                 continue
             token = f"{incarnation}:{self._one('claim', r.hincrby, k.stats, 'claimed', 1)}"
-            holding = Holding(token, self._now_ms("claim"), False, worker).text()
+            meta = self._one("claim", r.hget, k.tasks, task) or ""
+            holding = Holding(token, self._now_ms("claim"), False, worker, meta_job(meta)).text()
             if not self._one("claim", r.hsetnx, k.in_progress_tasks, task, holding):
                 continue  # held already (another worker's claim, or a crashed one's)
             if not self._one("claim", r.zrem, k.todo_tasks, member):  # another worker won it
                 if self._one("claim", r.hget, k.in_progress_tasks, task) == holding:
                     self._one("claim", r.hdel, k.in_progress_tasks, task)
                 continue
-            meta = self._one("claim", r.hget, k.tasks, task) or ""
             remaining = int(self._one("claim", r.zcard, k.todo_tasks))
             return ClaimResult(True, remaining, [Claimed.from_reply(task, token, meta)])
         return ClaimResult(True, len(members))
@@ -126,6 +127,8 @@ class OneCommandProtocol:
         k, r, task = self.k, self.r, rep.task
         if not self._one("report", r.hsetnx, key, task, self._record(worker, rep, body)):  # the commit point
             return ReportCode.DUPLICATE
+        job = meta_job(self._one("report", r.hget, k.tasks, task) or "")
+        self._one("report", r.hincrby, k.jobs, f"{job}\t{code.outcome}", 1)
         if code is ReportCode.FAILED_FINAL:
             self._one("report", r.hset, k.task_fail_reason, task, body)
         self._one("report", r.hincrby, k.stats, code.outcome, 1)

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from distcomp_obs.queue.core import Queue
-from distcomp_obs.records import DoneRecord, Holding, TaskView, parse_meta, todo_member
+from distcomp_obs.records import NO_JOB, DoneRecord, Holding, TaskView, meta_job, parse_meta, todo_member
 from distcomp_obs.task import parse_line
 
 
@@ -52,3 +52,35 @@ def task_view(q: Queue, ref: str) -> TaskView | None:
     elif q.r.zscore(k.todo_tasks, todo_member(line, priority, seq)) is None:
         view.state = "unknown"  # known but in no state: the audit reports it as lost
     return view
+
+
+JOB_COUNTERS = ("submitted", "finished", "failed", "cancelled")
+
+
+def _with_pending(counts: dict[str, int]) -> dict[str, int]:
+    full = {c: counts.get(c, 0) for c in JOB_COUNTERS}
+    full["pending"] = full["submitted"] - full["finished"] - full["failed"] - full["cancelled"]
+    return full
+
+
+def jobs(q: Queue) -> dict[str, dict[str, int]]:
+    """job -> its counters (submitted, finished, failed, cancelled, and pending: the rest)."""
+    out: dict[str, dict[str, int]] = {}
+    for field, n in q.r.hgetall(q.keys.jobs).items():
+        job_name, _, counter = str(field).rpartition("\t")
+        out.setdefault(job_name, {})[counter] = int(n)
+    return {name: _with_pending(c) for name, c in out.items()}
+
+
+def job(q: Queue, name: str) -> dict[str, int] | None:
+    """One job's counters in O(1), None if no task was ever submitted to it."""
+    values = q.r.hmget(q.keys.jobs, [f"{name}\t{c}" for c in JOB_COUNTERS])
+    if all(v is None for v in values):
+        return None
+    return _with_pending({c: int(v or 0) for c, v in zip(JOB_COUNTERS, values, strict=True)})
+
+
+def job_of(q: Queue, task: str) -> str:
+    """The job a known task belongs to (NO_JOB if none or unknown)."""
+    raw = q.r.hget(q.keys.tasks, task)
+    return meta_job(str(raw)) if raw is not None else NO_JOB
