@@ -590,3 +590,14 @@ def test_jobs_count_each_state_in_o1(tmp_path: Path, redis_url: str, prefix: str
     code, _, err = cli(redis_url, prefix, "job", "nope")
     assert code == 2 and "no job 'nope'" in err
     assert audit(queue).ok
+
+
+def test_cancel_a_whole_job(redis_url: str, prefix: str, queue: Queue) -> None:
+    queue.submit(["shell:1:0:0:j1", "shell:1:0:0:j2"], job="sweep")
+    queue.submit(["shell:1:0:0:keep"], job="other")
+    code, out, _ = cli(redis_url, prefix, "cancel", "--job", "sweep", "--json")
+    assert code == 0 and json.loads(out) == {"shell:1:0:0:j1": "cancelled", "shell:1:0:0:j2": "cancelled"}, out
+    assert queue.list_state("todo") == {"shell:1:0:0:keep": ""}
+    code, out, _ = cli(redis_url, prefix, "job", "sweep", "--json")
+    assert json.loads(out)["cancelled"] == 2 and json.loads(out)["pending"] == 0
+    assert audit(queue).ok

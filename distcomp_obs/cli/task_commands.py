@@ -12,6 +12,7 @@ from distcomp_obs.errors import DistcompError
 
 if TYPE_CHECKING:
     from distcomp_obs.cli.common import Subparsers
+    from distcomp_obs.queue import Queue
 
 
 class UnknownTask(DistcompError):
@@ -130,8 +131,17 @@ def add_cancel_parser(sub: Subparsers) -> None:
     text = "cancel tasks by id or line: waiting ones leave the queue, running ones are stopped; both recorded cancelled"
     p = sub.add_parser("cancel", help=text, description=f"{text[0].upper()}{text[1:]}.")
     _common(p)
-    p.add_argument("refs", nargs="+", metavar="ID", help="task ids (submit numbers) or lines")
+    p.add_argument("refs", nargs="*", metavar="ID", help="task ids (submit numbers) or lines")
+    p.add_argument("--job", metavar="NAME", help="also every waiting or claimed task of this job")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _job_tasks(q: Queue, name: str) -> list[str]:
+    """The waiting and claimed tasks of a job (a walk of both states: a manager command, not a hot path)."""
+    from distcomp_obs.queue import views
+
+    live = list(q.list_state("todo")) + list(q.list_state("in_progress"))
+    return [t for t in live if views.job_of(q, t) == name]
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -140,7 +150,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from distcomp_obs.queue.views import resolve
 
     q, _ = open_queue(args)
+    if not args.refs and not args.job:
+        raise UnknownTask("name the tasks to cancel (ids or lines), or --job NAME")
     lines = {ref: resolve(q, ref) for ref in args.refs}
+    lines.update({t: t for t in (_job_tasks(q, args.job) if args.job else [])})
     known = [line for line in lines.values() if line is not None]
     words = dict(zip(known, q.cancel(known, who="distcomp cancel"), strict=True))
     result = {ref: (words[line] if line is not None else "unknown") for ref, line in lines.items()}
