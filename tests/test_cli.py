@@ -601,3 +601,21 @@ def test_cancel_a_whole_job(redis_url: str, prefix: str, queue: Queue) -> None:
     code, out, _ = cli(redis_url, prefix, "job", "sweep", "--json")
     assert json.loads(out)["cancelled"] == 2 and json.loads(out)["pending"] == 0
     assert audit(queue).ok
+
+
+def test_retry_failed_keeps_each_task_in_its_job(redis_url: str, prefix: str, queue: Queue) -> None:
+    queue.submit(["shell:1:0:0:s1"], job="sweep")
+    queue.submit(["shell:1:0:0:o1"], job="other")
+    assert queue.acquire_lease("w", "i", 60_000)
+    queue.heartbeat("w", "i", 60_000, {"time": 0})
+    held = queue.claim("w", "i", 2, ClaimLimits(8, 8)).tasks
+    queue.settle("w", "i", [Report(c.line, c.token, "failed", "boom") for c in held], 0, ClaimLimits(8, 8), 0)
+    code, out, _ = cli(redis_url, prefix, "retry-failed", "--job", "sweep", "--json")
+    assert code == 0 and json.loads(out) == {"requeued": 1}
+    sweep = json.loads(cli(redis_url, prefix, "job", "sweep", "--json")[1])
+    assert (sweep["submitted"], sweep["failed"], sweep["pending"]) == (1, 0, 1), sweep
+    assert set(queue.list_state("failed")) == {"shell:1:0:0:o1"}
+    assert cli(redis_url, prefix, "retry-failed", "--json")[0] == 0
+    other = json.loads(cli(redis_url, prefix, "job", "other", "--json")[1])
+    assert (other["submitted"], other["failed"], other["pending"]) == (1, 0, 1), other
+    assert audit(queue).ok

@@ -115,6 +115,8 @@ def _add_manager(sub: Subparsers) -> None:
         if name != "stop-workers":
             p.add_argument("--include", default="", metavar="TEXT",
                            help="only tasks whose line or output/reason holds TEXT")  # fmt: skip
+        if name == "retry-failed":
+            p.add_argument("--job", metavar="NAME", help="only this job's failed tasks (resubmitted to it)")
 
     text = "return the tasks of workers silent for --older-than seconds"
     p = sub.add_parser(
@@ -277,7 +279,7 @@ def _manage(args: argparse.Namespace, q: Queue) -> tuple[dict[str, Any], str]:
     from distcomp_obs.queue import manager
 
     if args.command == "retry-failed":
-        n = manager.retry_failed(q, args.include)
+        n = manager.retry_failed(q, args.include, args.job)
         return {"requeued": n}, f"requeued {n} failed task(s)"
     if args.command == "purge-finished":
         n = manager.purge_finished(q, args.include)

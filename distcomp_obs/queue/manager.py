@@ -35,11 +35,24 @@ def _matching(tasks: dict[str, str], include: str) -> list[str]:
     return [t for t, detail in tasks.items() if not include or include in t or include in detail]
 
 
-def retry_failed(q: Queue, include: str = "") -> int:
+def retry_failed(q: Queue, include: str = "", job: str | None = None) -> int:
     """Put every failed-for-good task (whose line or reason holds `include`) back in todo with a
     clean failure history. The stats counters are never decremented (the exporter serves them as
     Prometheus counters, and a decrease reads as a reset): a retry counts as a new submission."""
-    return _forget(q, "failed", _matching(q.list_state("failed"), include), after_each=q.submit)
+    from distcomp_obs.queue.views import jobs_of
+
+    by_job: dict[str, list[str]] = {}
+    for task, task_job in jobs_of(q, _matching(q.list_state("failed"), include)).items():
+        by_job.setdefault(task_job, []).append(task)
+    retried = 0
+    for task_job, tasks in by_job.items():  # each back into its own job
+        if job is None or task_job == job:
+            retried += _forget(q, "failed", tasks, after_each=functools.partial(_resubmit, q, task_job))
+    return retried
+
+
+def _resubmit(q: Queue, job: str, tasks: list[str]) -> int:
+    return q.submit(tasks, job=job)
 
 
 def purge_finished(q: Queue, include: str = "") -> int:

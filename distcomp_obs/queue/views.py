@@ -84,3 +84,14 @@ def job_of(q: Queue, task: str) -> str:
     """The job a known task belongs to (NO_JOB if none or unknown)."""
     raw = q.r.hget(q.keys.tasks, task)
     return meta_job(str(raw)) if raw is not None else NO_JOB
+
+
+def jobs_of(q: Queue, tasks: list[str]) -> dict[str, str]:
+    """task -> its job, for known tasks (one HMGET per 1,000)."""
+    out: dict[str, str] = {}
+    for start in range(0, len(tasks), 1000):
+        chunk = tasks[start : start + 1000]
+        for task, raw in zip(chunk, q.r.hmget(q.keys.tasks, chunk), strict=True):
+            if raw is not None:
+                out[task] = meta_job(str(raw))
+    return out
