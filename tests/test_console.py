@@ -1,5 +1,5 @@
 """`distcomp console` as a real process on a free port, against the session's real redis-server,
-with real workers: every page and endpoint, search, escaping, paging, the auth model, retry."""
+with real workers: every page and endpoint, search, escaping, paging, the auth model, retry, jobs, cancel."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from distcomp_obs.netutil import free_port
-from distcomp_obs.queue import Queue
+from distcomp_obs.queue import Queue, views
 from tests.conftest import REPO, distcomp_argv, run_cli, wait_until
 
 TOKEN = "console-test-token-3f9a"
@@ -285,7 +285,8 @@ def test_retry_runs_the_task_again_and_status_agrees(
     )
     assert task["state"] == "finished" and line in status_json["lists"]["finished"]
     assert line not in status_json["lists"]["failed"]
-    assert console.json("/api/overview")["counts"] == {**status_json["counts"]}
+    counts = console.json("/api/overview")["counts"]
+    assert {k: v for k, v in counts.items() if k != "cancelled"} == status_json["counts"]
     assert console.get(retry.replace("/api/tasks/", "/tasks/").replace("/retry?", "?"))[0] == 404  # the old id is gone
     delete = task_url(queue, line).replace("/tasks/", "/api/tasks/").replace("?", "/delete?")
     status, body = console.post(delete, headers=AUTH)
@@ -346,3 +347,99 @@ def test_a_cancelled_task_shows_as_cancelled(console: Console, queue: Queue, red
     assert console.json("/api" + url)["state"] == "cancelled"
     status, body, _ = console.get(url)
     assert status == 200 and 'class="state-cancelled">cancelled<' in body
+
+
+def cli_json(redis_url: str, prefix: str, *args: str) -> Any:
+    result = run_cli(*args, "--json", "--redis-url", redis_url, "--prefix", prefix)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def api_url(queue: Queue, line: str, action: str) -> str:
+    return task_url(queue, line).replace("/tasks/", "/api/tasks/").replace("?", f"/{action}?")
+
+
+def test_jobs_pages_agree_with_the_cli_and_retry_keeps_the_job(
+    console: Console, queue: Queue, redis_url: str, prefix: str, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    bad = [FAILING.format(flag=tmp_path / f"flag-{tag}", tag=tag) for tag in ("j1", "j2")]
+    queue.submit([*bad, "builtin:1:0:0:noop sweep a"], job="sweep-a")
+    queue.submit(["builtin:1:0:0:noop sweep b1", "builtin:1:0:0:noop sweep b2"], job="sweep-b")
+    start_worker("--max-retry-per-task", "0")
+    wait_until(lambda: all(j["pending"] == 0 for j in views.jobs(queue).values()), what="both jobs done")
+
+    def agree() -> dict[str, Any]:
+        jobs, cli_jobs = console.json("/api/jobs"), cli_json(redis_url, prefix, "jobs")
+        assert {name: {k: j[k] for k in cli_jobs[name]} for name, j in jobs.items()} == cli_jobs
+        job, cli_job = console.json("/api/jobs/sweep-a"), cli_json(redis_url, prefix, "job", "sweep-a")
+        assert {k: job[k] for k in cli_job} == cli_job
+        return dict(job)
+
+    job = agree()
+    assert job["submitted"] == 3 and job["failed"] == 2 and job["done"] == 3 and job["percent"] == 100.0
+    assert set(job["failures"]) == set(bad) and "zorglub-j1 exploded" in job["failures"][bad[0]]
+    status, body, _ = console.get("/jobs")
+    assert status == 200 and 'href="/jobs/sweep-a"' in body and "<progress" in body and 'class="here">jobs<' in body
+    status, body, _ = console.get("/jobs/sweep-a")
+    assert status == 200 and "zorglub-j2 exploded" in body and f'href="/tasks/{queue.meta(bad[1])[0]}?line=' in body  # type: ignore[index]
+    assert 'id="job-failed">2<' in body
+    assert "sweep-b" in console.json("/fragments/jobs")["fragments"]["live"]
+    assert 'id="job-done">2/2 done' in console.json("/fragments/job?name=sweep-b")["fragments"]["live"]
+    for path in ["/jobs/nope", "/api/jobs/nope", "/fragments/job?name=nope"]:
+        assert console.get(path)[0] == 404, path
+    for path in ["/api/jobs/nope/cancel", "/api/jobs/nope/retry-failed"]:
+        assert console.post(path, headers=AUTH)[0] == 404, path
+    for tag in ("j1", "j2"):
+        (tmp_path / f"flag-{tag}").write_text("passes now")
+    status, body = console.post(api_url(queue, bad[0], "retry"), headers=AUTH)  # one task: back into its job
+    assert status == 200 and body["job"] == "sweep-a" and views.job_of(queue, bad[0]) == "sweep-a"
+    assert console.post("/api/jobs/sweep-a/retry-failed", headers={"Origin": "http://evil.example", **AUTH})[0] == 403
+    status, body = console.post("/api/jobs/sweep-a/retry-failed", headers=AUTH)
+    assert status == 200 and body == {"job": "sweep-a", "retried": 1} and views.job_of(queue, bad[1]) == "sweep-a"
+    wait_until(lambda: all(t in queue.list_state("finished") for t in bad), what="the retried tasks finished")
+    job = agree()
+    assert job["failed"] == 0 and job["failures"] == {} and job["pending"] == 0
+    assert console.json("/api/jobs/sweep-b")["finished"] == 2
+
+
+def test_cancel_a_waiting_task_needs_the_token_and_the_same_origin(
+    console: Console, queue: Queue, redis_url: str, prefix: str
+) -> None:
+    line = "shell:1:0:0:echo cancel me"
+    queue.submit([line], job="waiting")
+    status, body, _ = console.get(task_url(queue, line))
+    assert status == 200 and 'id="cancel"' in body
+    cancel = api_url(queue, line, "cancel")
+    for headers in [{}, {"Authorization": "Bearer wrong"}, {**AUTH, "Origin": "http://evil.example"},
+                    {**AUTH, "Sec-Fetch-Site": "cross-site"}]:  # fmt: skip
+        status, body = console.post(cancel, headers=headers)
+        assert status == 403 and "error" in body, headers
+    assert line in queue.list_state("todo")
+    status, body = console.post(cancel, headers={**AUTH, "Origin": console.url})
+    assert status == 200 and body == {"cancel": "cancelled", "line": line}
+    assert console.json("/api" + task_url(queue, line))["state"] == "cancelled"
+    status, body, _ = console.get(task_url(queue, line))
+    assert 'class="state-cancelled">cancelled<' in body and 'id="cancel"' not in body
+    assert console.json("/api/overview")["counts"]["cancelled"] == 1
+    assert [t["line"] for t in console.json("/api/tasks?state=cancelled")["tasks"]] == [line]
+    assert "cancelled (1)" in console.get("/tasks?state=cancelled")[1]
+    assert console.post(cancel, headers=AUTH) == (200, {"cancel": "already_cancelled", "line": line})
+    assert console.json("/api/jobs/waiting")["cancelled"] == 1
+    assert cli_json(redis_url, prefix, "job", "waiting")["cancelled"] == 1
+
+
+def test_job_cancel_stops_its_waiting_and_running_tasks(
+    console: Console, queue: Queue, start_worker: Callable[..., Any]
+) -> None:
+    queue.submit(["builtin:1:0:0:sleep 30"], job="long")
+    start_worker()
+    wait_until(lambda: queue.counts()["in_progress"] == 1, what="the sleep was claimed")
+    queue.submit([f"shell:1:999:0:echo never {i}" for i in range(4)], job="long")  # too big: they stay waiting
+    queue.submit(["shell:1:999:0:echo other"], job="other")
+    assert console.post("/api/jobs/long/cancel")[0] == 403
+    status, body = console.post("/api/jobs/long/cancel", headers=AUTH)
+    assert status == 200 and body == {"job": "long", "tasks": 5, "result": {"cancelled": 4, "stopping": 1}}
+    stopped = lambda: (j := console.json("/api/jobs/long"))["cancelled"] == 5 and j  # noqa: E731
+    job = wait_until(stopped, what="the worker stopped it")
+    assert job["pending"] == 0 and job["percent"] == 100.0
+    assert console.json("/api/jobs/other")["pending"] == 1 and queue.counts()["todo"] == 1

@@ -1,12 +1,13 @@
 """The console's actions, each a `Queue` method or a `queue.manager` function: retry one failed
-task, delete one done task, retry every failed task, purge the finished ones."""
+task (back into its own job), delete one done task, cancel one waiting or running task, retry every
+failed task, purge the finished ones; per job: cancel its waiting and running tasks, retry its failed ones."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from distcomp_obs.console.reads import task_view
-from distcomp_obs.queue import Queue, manager
+from distcomp_obs.queue import Queue, manager, views
 
 
 class ActionError(Exception):
@@ -24,11 +25,12 @@ def retry(q: Queue, line: str) -> dict[str, Any]:
         raise ActionError(404, "no such task")
     if view.state != "failed":
         raise ActionError(409, f"only a failed task can be retried; this one is {view.state}")
+    job = views.job_of(q, line)  # read before forgetting: the record that names it goes
     if q.forget("failed", [line]) != 1:
         raise ActionError(409, "the task changed state meanwhile")
-    q.submit([line])
+    q.submit([line], job=job)
     meta = q.meta(line)
-    return {"retried": 1, "line": line, "id": meta[0] if meta else None}
+    return {"retried": 1, "line": line, "id": meta[0] if meta else None, "job": job}
 
 
 def delete(q: Queue, line: str) -> dict[str, Any]:
@@ -49,3 +51,41 @@ def retry_failed(q: Queue) -> dict[str, Any]:
 
 def purge_finished(q: Queue) -> dict[str, Any]:
     return {"purged": manager.purge_finished(q)}
+
+
+WHO = "distcomp console"
+#: Queue.cancel's words that mean the task is (or will shortly be) cancelled
+CANCELLING = ("cancelled", "stopping", "already_cancelled")
+
+
+def cancel(q: Queue, line: str) -> dict[str, Any]:
+    """A waiting task leaves the queue; a claimed one is stopped by its worker; both end cancelled."""
+    [word] = q.cancel([line], who=WHO)
+    if word == "unknown":
+        raise ActionError(404, "no such task")
+    if word not in CANCELLING:
+        raise ActionError(409, f"only a waiting or running task can be cancelled; this one is {word}")
+    return {"cancel": word, "line": line}
+
+
+def job_tasks(q: Queue, name: str) -> list[str]:
+    """The waiting and claimed tasks of a job: a walk of both states (an action, not a page)."""
+    live = list(q.list_state("todo")) + list(q.list_state("in_progress"))
+    return [t for t, job in views.jobs_of(q, live).items() if job == name]
+
+
+def cancel_job(q: Queue, name: str) -> dict[str, Any]:
+    if views.job(q, name) is None:
+        raise ActionError(404, f"no job {name!r}")
+    tasks = job_tasks(q, name)
+    words = q.cancel(tasks, who=WHO) if tasks else []
+    counted: dict[str, int] = {}
+    for word in words:
+        counted[word] = counted.get(word, 0) + 1
+    return {"job": name, "tasks": len(tasks), "result": counted}
+
+
+def retry_failed_job(q: Queue, name: str) -> dict[str, Any]:
+    if views.job(q, name) is None:
+        raise ActionError(404, f"no job {name!r}")
+    return {"job": name, "retried": manager.retry_failed(q, job=name)}

@@ -118,6 +118,13 @@ def _task_id(request: Request) -> int:
         raise HTTPException(404, "no such task") from None
 
 
+def _job_name(request: Request) -> str:
+    name = str(request.path_params.get("name", ""))
+    if not name:
+        raise HTTPException(404, "no such job")
+    return name
+
+
 def build_app(console: Console) -> Starlette:  # noqa: C901 - one closure per route, flat
     env = _env()
     q = console.q
@@ -159,8 +166,19 @@ def build_app(console: Console) -> Starlette:  # noqa: C901 - one closure per ro
         workers = q.workers()
         return {"workers": workers, "live": sum(1 for w in workers.values() if w.get("live"))}
 
+    def jobs_ctx(request: Request) -> dict[str, Any]:
+        return {"jobs": reads.job_list(q)}
+
+    def job_ctx(request: Request) -> dict[str, Any]:
+        name = _job_name(request)
+        job = reads.job_detail(q, name)
+        if job is None:
+            raise HTTPException(404, f"no job {name!r}")
+        return {"job": job, "query": urlencode({"name": name})}
+
     contexts: dict[str, Callable[[Request], dict[str, Any]]] = {
-        "overview": overview_ctx, "tasks": tasks_ctx, "task": task_ctx, "workers": workers_ctx}  # fmt: skip
+        "overview": overview_ctx, "tasks": tasks_ctx, "task": task_ctx, "workers": workers_ctx, "jobs": jobs_ctx,
+        "job": job_ctx}  # fmt: skip
 
     def html(name: str) -> Callable[[Request], Response]:
         def endpoint(request: Request) -> Response:
@@ -174,6 +192,8 @@ def build_app(console: Console) -> Starlette:  # noqa: C901 - one closure per ro
             raise HTTPException(404, "no such page")
         if name == "task":
             request.path_params["task_id"] = request.query_params.get("id", "")
+        if name == "job":
+            request.path_params["name"] = request.query_params.get("name", "")
         return fragments(name, request, contexts[name](request))
 
     # --- JSON API ---------------------------------------------------------------------------
@@ -192,6 +212,14 @@ def build_app(console: Console) -> Starlette:  # noqa: C901 - one closure per ro
 
     def api_workers(request: Request) -> Response:
         return JSONResponse(q.workers())
+
+    def api_jobs(request: Request) -> Response:
+        return JSONResponse(reads.job_list(q))
+
+    def api_job(request: Request) -> Response:
+        job = dict(job_ctx(request)["job"])
+        job["failures"] = {row.line: row.detail for row in job["failures"]}
+        return JSONResponse(job)
 
     def act(run: Callable[[Request], dict[str, Any]]) -> Callable[[Request], Response]:
         def endpoint(request: Request) -> Response:
@@ -259,11 +287,16 @@ def build_app(console: Console) -> Starlette:  # noqa: C901 - one closure per ro
             console.throughput.stop()
 
     retry_one = act(lambda r: with_url(r, actions.retry(q, one_task(r))))
+    cancel_one = act(lambda r: actions.cancel(q, one_task(r)))
+    cancel_job = act(lambda r: actions.cancel_job(q, _job_name(r)))
+    retry_job = act(lambda r: actions.retry_failed_job(q, _job_name(r)))
     routes = [
         Route("/", html("overview")),
         Route("/tasks", html("tasks")),
         Route("/tasks/{task_id}", html("task")),
         Route("/workers", html("workers")),
+        Route("/jobs", html("jobs")),
+        Route("/jobs/{name}", html("job")),
         Route("/login", login_form, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
@@ -272,6 +305,11 @@ def build_app(console: Console) -> Starlette:  # noqa: C901 - one closure per ro
         Route("/api/tasks", api_tasks),
         Route("/api/tasks/{task_id}", api_task),
         Route("/api/workers", api_workers),
+        Route("/api/jobs", api_jobs),
+        Route("/api/jobs/{name}", api_job),
+        Route("/api/jobs/{name}/cancel", cancel_job, methods=["POST"]),
+        Route("/api/jobs/{name}/retry-failed", retry_job, methods=["POST"]),
+        Route("/api/tasks/{task_id}/cancel", cancel_one, methods=["POST"]),
         Route("/api/tasks/{task_id}/retry", retry_one, methods=["POST"]),
         Route("/api/tasks/{task_id}/delete", act(lambda r: actions.delete(q, one_task(r))), methods=["POST"]),
         Route("/api/retry-failed", act(lambda r: actions.retry_failed(q)), methods=["POST"]),

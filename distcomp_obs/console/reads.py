@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from distcomp_obs.queue import Queue
+from distcomp_obs.queue import Queue, views
 from distcomp_obs.records import DoneRecord, Holding, parse_meta, unrunnable
 
 PAGE = 50
-STATES = ("todo", "in_progress", "finished", "failed")
+STATES = ("todo", "in_progress", "finished", "failed", "cancelled")
 #: what each state is called on the pages
 WORDS = {"todo": "waiting", "in_progress": "running", "finished": "finished", "failed": "failed",
          "cancelled": "cancelled"}  # fmt: skip
@@ -24,6 +24,8 @@ WORDS = {"todo": "waiting", "in_progress": "running", "finished": "finished", "f
 VALUE_SCAN_COUNT = 500
 SEARCH_BUDGET_S = 0.3
 BRIEF = 160
+#: a job page lists at most this many of its failed tasks
+JOB_FAILURES = 100
 
 
 @dataclass
@@ -96,7 +98,7 @@ def _detail(state: str, value: str) -> str:
     if state == "in_progress":
         held = Holding.parse(value)
         return f"{held.worker} ({'running' if held.started else 'buffered'})"
-    if state in ("finished", "failed"):
+    if state in ("finished", "failed", "cancelled"):
         return brief(DoneRecord.parse(value).body)
     return ""
 
@@ -121,7 +123,7 @@ def page_tasks(q: Queue, state: str, text: str = "", cursor: str = "0", limit: i
             batch = [(line, f"priority {_priority(line)}") for line in lines if needle in line.lower()]
         else:
             key = {"in_progress": q.keys.in_progress_tasks, "finished": q.keys.finished_tasks,
-                   "failed": q.keys.failed_final}[state]  # fmt: skip
+                   "failed": q.keys.failed_final, "cancelled": q.keys.cancelled_tasks}[state]  # fmt: skip
             pos, fields = q.r.hscan(key, pos, match=match, count=count)
             batch = [(_text(k), _text(v)) for k, v in cast(dict[str, str], fields).items()]
             if value_search:
@@ -171,13 +173,13 @@ def task_view(q: Queue, line: str) -> TaskView | None:
     """One task's record: state, priority, submit time, worker, attempts, output tails."""
     k = q.keys
     pipe = q.r.pipeline(transaction=False)
-    for key in (k.tasks, k.in_progress_tasks, k.finished_tasks, k.failed_final, k.attempt_log, k.task_fail_reason):
+    keys = (k.tasks, k.in_progress_tasks, k.finished_tasks, k.failed_final, k.attempt_log, k.task_fail_reason,
+            k.cancelled_tasks)  # fmt: skip
+    for key in keys:
         pipe.hget(key, line)
-    cancelled_key = getattr(k, "cancelled_tasks", None)  # record layout 4's cancel (when the queue has it)
-    if cancelled_key is not None:
-        pipe.hget(cancelled_key, line)
-    meta, held, finished, failed, log, last_reason, *rest = (None if v is None else _text(v) for v in pipe.execute())
-    if meta is None and held is None and finished is None and failed is None:
+    values = (None if v is None else _text(v) for v in pipe.execute())
+    meta, held, finished, failed, log, last_reason, cancelled = values
+    if meta is None and held is None and finished is None and failed is None and cancelled is None:
         return None
     seq, submitted_us, _ = parse_meta(meta or "")
     view = TaskView(seq if meta else None, line, "todo", _priority(line), submitted_us / 1e6 if submitted_us else None)
@@ -203,8 +205,8 @@ def task_view(q: Queue, line: str) -> TaskView | None:
         else:
             view.stdout, view.reason = str(record.header.get("stdout", "")), record.body
         view.attempts.append(_attempt(record.header, view.reason))
-    elif rest and rest[0] is not None:
-        view.state, view.reason = "cancelled", DoneRecord.parse(rest[0]).body
+    elif cancelled is not None:
+        view.state, view.reason = "cancelled", DoneRecord.parse(cancelled).body
     else:
         view.reason = last_reason or ""
     return view
@@ -214,18 +216,19 @@ def overview(q: Queue) -> dict[str, Any]:
     """Counts, workers (with the tasks Redis says each holds) and the problems, in a few round trips
     (`Queue.snapshot` plus one walk of the claimed tasks, bounded by the workers' buffers)."""
     snap = q.snapshot()
+    counts = {**snap.counts, "cancelled": int(q.r.hlen(q.keys.cancelled_tasks))}
     holdings = q.holdings()
     held: dict[str, int] = {}
     for holding in holdings.values():
         held[holding.worker] = held.get(holding.worker, 0) + 1
     workers = {name: {**info, "held": held.get(name, 0)} for name, info in snap.workers.items()}
     return {
-        "counts": snap.counts,
+        "counts": counts,
         "stats": snap.stats,
         "oldest_age_s": snap.oldest_age_s,
         "server_time_s": snap.server_time_s,
         "workers": workers,
-        "problems": problems(snap.classes, workers, holdings, snap.counts),
+        "problems": problems(snap.classes, workers, holdings, counts),
     }
 
 
@@ -250,3 +253,41 @@ def problems(classes: dict[str, int], workers: dict[str, dict[str, Any]], holdin
             out.append({"kind": "dead_worker", "worker": name, "tasks": w["held"],
                         "text": f"dead worker {name} holds {w['held']} task(s)"})  # fmt: skip
     return out
+
+
+def progress(counts: dict[str, int]) -> dict[str, Any]:
+    """A job's counters plus `done` (finished + failed + cancelled) and `percent` of those submitted."""
+    done = counts["finished"] + counts["failed"] + counts["cancelled"]
+    pct = 100.0 * done / counts["submitted"] if counts["submitted"] else 100.0
+    return {**counts, "done": done, "percent": round(pct, 1)}
+
+
+def job_list(q: Queue) -> dict[str, dict[str, Any]]:
+    """Every job's counters (one HGETALL of the per-job counters), by name."""
+    return {name: progress(c) for name, c in sorted(views.jobs(q).items())}
+
+
+def job_failures(q: Queue, name: str, expected: int, limit: int = JOB_FAILURES) -> list[Row]:
+    """Up to `limit` of a job's failed tasks, with their reasons: an HSCAN of the failed tasks that
+    stops once it has found as many as the job's counter says it has (or `limit`)."""
+    want = min(expected, limit)
+    found: list[tuple[str, str]] = []
+    pos = 0
+    while want:
+        pos, fields = q.r.hscan(q.keys.failed_final, pos, count=VALUE_SCAN_COUNT)
+        batch = {_text(k): _text(v) for k, v in cast(dict[str, str], fields).items()}
+        jobs = views.jobs_of(q, list(batch))
+        found += [(t, DoneRecord.parse(v).body) for t, v in batch.items() if jobs.get(t) == name]
+        if pos == 0 or len(found) >= want:
+            break
+    found = sorted(found)[:limit]
+    ids = _ids(q, [line for line, _ in found])
+    return [Row(i, line, "failed", reason) for (line, reason), i in zip(found, ids, strict=True)]
+
+
+def job_detail(q: Queue, name: str) -> dict[str, Any] | None:
+    """One job: its counters in O(1), and its failed tasks; None if no task was ever submitted to it."""
+    counts = views.job(q, name)
+    if counts is None:
+        return None
+    return {"job": name, **progress(counts), "failures": job_failures(q, name, counts["failed"])}
