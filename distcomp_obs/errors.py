@@ -48,6 +48,10 @@ class RedisUnavailable(DistcompError):
     """Redis could not be reached (host named, password never shown)."""
 
 
+class NotFound(DistcompError):
+    """A command named a task, job or worker the queue does not know (the CLI exits 2, changing nothing)."""
+
+
 class AddressInUse(DistcompError):
     """An HTTP endpoint (/metrics, /healthz) could not bind its HOST:PORT; names the address and why."""
 

@@ -137,6 +137,10 @@ class Keys:
         return self._k("stop_requested")
 
     @property
+    def stop_names(self) -> str:  # HASH worker -> time `distcomp stop-workers --name` asked that one to drain
+        return self._k("stop_names")
+
+    @property
     def reap_lock(self) -> str:  # STRING NX PX: one reaper at a time (leaderless)
         return self._k("reap_lock")
 
@@ -181,6 +185,7 @@ SCRIPT_KEYS: tuple[str, ...] = (
     "wake_channel",  # a channel, passed in KEYS for ACL and cluster tools
     "reap_lock",
     "stop_requested",
+    "stop_names",
     "lease",  # worker_lease:{worker} of the calling worker
 )
 FIRST_EXTRA_KEY = len(SCRIPT_KEYS) + 1  # Lua indexes from 1

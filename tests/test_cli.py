@@ -603,6 +603,26 @@ def test_cancel_a_whole_job(redis_url: str, prefix: str, queue: Queue) -> None:
     assert audit(queue).ok
 
 
+def test_cancel_by_state_and_text(redis_url: str, prefix: str, queue: Queue) -> None:
+    """Issue 12: `cancel --state todo --include TEXT` takes out only the waiting tasks holding TEXT;
+    with --job, only that job's; a claimed task is not touched by --state todo."""
+    queue.submit(["shell:1:0:0:alpha 1", "shell:1:0:0:beta 1"], job="a")
+    queue.submit(["shell:1:0:0:alpha 2"], job="b")
+    code, out, _ = cli(redis_url, prefix, "cancel", "--state", "todo", "--include", "alpha", "--job", "a", "--json")
+    assert code == 0 and json.loads(out) == {"shell:1:0:0:alpha 1": "cancelled"}, out
+    assert queue.acquire_lease("w", "i", 60_000)
+    queue.heartbeat("w", "i", 60_000, {"time": 0})
+    held = queue.claim("w", "i", 1, ClaimLimits(8, 8)).tasks  # the oldest waiting: beta 1
+    assert [c.line for c in held] == ["shell:1:0:0:beta 1"]
+    code, out, _ = cli(redis_url, prefix, "cancel", "--state", "todo", "--json")
+    assert code == 0 and json.loads(out) == {"shell:1:0:0:alpha 2": "cancelled"}, out
+    code, out, _ = cli(redis_url, prefix, "cancel", "--state", "in_progress", "--include", "beta", "--json")
+    assert code == 0 and json.loads(out) == {"shell:1:0:0:beta 1": "stopping"}, out
+    code, _, err = cli(redis_url, prefix, "cancel", "--state", "finished")
+    assert code == 2 and "invalid choice" in err
+    assert queue.counts()["cancelled"] == 2
+
+
 def test_retry_failed_keeps_each_task_in_its_job(redis_url: str, prefix: str, queue: Queue) -> None:
     queue.submit(["shell:1:0:0:s1"], job="sweep")
     queue.submit(["shell:1:0:0:o1"], job="other")

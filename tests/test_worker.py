@@ -148,6 +148,26 @@ def test_stop_workers_lets_running_tasks_finish(queue: Queue, start_worker: Star
     assert "name" not in queue.workers()
 
 
+def test_stop_workers_by_name_stops_only_that_worker(queue: Queue, start_worker: StartWorker, prefix: str,
+                                                     redis_url: str) -> None:  # fmt: skip
+    """Issue 12: `stop-workers --name` drains the named worker (a fixed-polling one hears it on the
+    channel at once, not at its next heartbeat) and no other; an unknown name changes nothing."""
+    slow = ("--heartbeat-interval", "30", "--lease", "90", "--polling", "fixed", "--poll-interval", "30")
+    one = start_worker(*slow, fast=False)
+    two = start_worker()
+    wait_until(lambda: {"w1", "w2"} <= set(queue.workers()), timeout=20, what="both registered")
+    bad = run_cli("stop-workers", "--name", "w9", "--redis-url", redis_url, "--prefix", prefix)
+    assert bad.returncode == 2 and "no registered worker named w9" in bad.stderr, bad
+    assert not queue.r.exists(queue.keys.stop_names)
+    ok = run_cli("stop-workers", "--name", "w1", "--json", "--redis-url", redis_url, "--prefix", prefix)
+    assert ok.returncode == 0 and json.loads(ok.stdout) == {"stop_requested": ["w1"]}, ok
+    assert one.wait(10) == 0
+    assert two.proc.poll() is None  # still serving
+    queue.submit(["builtin:1:0:0:noop after"])
+    wait_until(lambda: queue.counts()["finished"] == 1, timeout=20, what="w2 still runs tasks")
+    assert not queue.r.hexists(queue.keys.stop_names, "w1")  # w1 left: its request went with it
+
+
 def test_memory_floor_kills_and_returns_the_newest_task(queue: Queue, start_worker: StartWorker) -> None:
     import psutil
 
@@ -325,19 +345,28 @@ def test_workers_apply_retention_to_done_records(queue: Queue, start_worker) -> 
     assert w.stop() == 0
 
 
-def test_cancel_stops_a_running_task_and_records_it_cancelled(queue: Queue, start_worker, tmp_path: Path,
-                                                              redis_url: str) -> None:  # fmt: skip
+@pytest.mark.parametrize("flags", [(), ("--no-pipeline",), ("--polling", "fixed", "--poll-interval", "30")],
+                         ids=["pipelined", "one-command", "fixed-polling"])  # fmt: skip
+def test_cancel_stops_a_running_task_and_records_it_cancelled(
+    queue: Queue, start_worker, tmp_path: Path, redis_url: str, flags: tuple[str, ...]
+) -> None:
     """Issue 12: `distcomp cancel ID` of a running task: its worker learns of it at once (a wake-up,
-    then its next settle), kills the task's process group and records it cancelled; a buffered one
-    ends without starting. The audit knows the state."""
+    then its next settle, or with DistComp's one-command protocol a read of the requests), kills the
+    task's process group and records it cancelled; a buffered one ends without starting. A worker
+    polling every 30 s hears it within the test's 10 s too. The audit knows the state."""
     pid_file = tmp_path / "pid"
     long = f"shell:1:0:0:echo $$ > {pid_file}; sleep 60"
     buffered = "shell:1:0:0:sleep 60 # buffered"
-    w = start_worker("--concurrency", "1", "--prefetch", "4")
-    warm = warm_up(queue)
-    queue.submit([long, buffered])
+    fixed = "fixed" in flags
+    if fixed:  # its first fetch, at start, is the only one within the test: submit before
+        queue.submit([long, buffered])
+    w = start_worker("--concurrency", "1", "--prefetch", "4", *flags)
+    warm = [] if fixed else warm_up(queue)
+    if not fixed:
+        queue.submit([long, buffered])
     wait_until(pid_file.exists, 20, what="the long task runs")
-    wait_until(lambda: len(queue.holdings("w1")) == 2, 20, what="the second buffered")
+    if not fixed:  # (a fresh worker's buffer target is one task per slot: the second stays queued)
+        wait_until(lambda: len(queue.holdings("w1")) == 2, 20, what="the second buffered")
     ids = queue.ids([long, buffered])
     out = run_cli("cancel", ids[long], ids[buffered], "--redis-url", redis_url, "--prefix", queue.keys.prefix)
     assert out.returncode == 0 and "stops it and records it cancelled" in out.stdout, out

@@ -21,7 +21,7 @@ from distcomp_obs.cli.common import (
     setting_flag,
     settings_from,
 )
-from distcomp_obs.errors import ConfigError
+from distcomp_obs.errors import ConfigError, NotFound
 
 if TYPE_CHECKING:
     from distcomp_obs.cli.common import Subparsers
@@ -117,6 +117,9 @@ def _add_manager(sub: Subparsers) -> None:
                            help="only tasks whose line or output/reason holds TEXT")  # fmt: skip
         if name == "retry-failed":
             p.add_argument("--job", metavar="NAME", help="only this job's failed tasks (resubmitted to it)")
+        if name == "stop-workers":
+            p.add_argument("--name", action="append", default=[], metavar="WORKER", dest="names",
+                           help="only this worker (repeat for several; `distcomp workers` lists them)")  # fmt: skip
 
     text = "return the tasks of workers silent for --older-than seconds"
     p = sub.add_parser(
@@ -285,7 +288,12 @@ def _manage(args: argparse.Namespace, q: Queue) -> tuple[dict[str, Any], str]:
         n = manager.purge_finished(q, args.include)
         return {"purged": n}, f"purged {n} finished task(s)"
     if args.command == "stop-workers":
-        manager.request_stop(q)
+        unknown = manager.request_stop(q, args.names)
+        if unknown:
+            raise NotFound(f"no registered worker named {', '.join(unknown)} (see `distcomp workers`); nothing asked")
+        if args.names:
+            names = ", ".join(args.names)
+            return {"stop_requested": args.names}, f"asked {names} to stop after its running tasks"
         text = "asked every running worker to stop after its running tasks (workers started later run normally)"
         return {"stop_requested": True}, text
     dead, returned = manager.requeue_dead(q, args.older_than)

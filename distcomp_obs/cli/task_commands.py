@@ -8,15 +8,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from distcomp_obs.cli.common import _common, open_queue, print_json
-from distcomp_obs.errors import DistcompError
+from distcomp_obs.errors import NotFound
 
 if TYPE_CHECKING:
     from distcomp_obs.cli.common import Subparsers
     from distcomp_obs.queue import Queue
-
-
-class UnknownTask(DistcompError):
-    """No known task has this id or line."""
 
 
 def add_job_parsers(sub: Subparsers) -> None:
@@ -54,10 +50,10 @@ def cmd_job(args: argparse.Namespace) -> int:
     q, _ = open_queue(args)
     counts = views.job(q, args.name)
     if counts is None:
-        raise UnknownTask(f"no job {args.name!r} in queue {q.keys.prefix!r}")
-    failures = (
-        {t: r for t, r in q.list_state("failed").items() if views.job_of(q, t) == args.name} if counts["failed"] else {}
-    )
+        raise NotFound(f"no job {args.name!r} in queue {q.keys.prefix!r}")
+    failed = q.list_state("failed") if counts["failed"] else {}
+    jobs = views.jobs_of(q, list(failed))
+    failures = {t: r for t, r in failed.items() if jobs.get(t) == args.name}
     if args.json:
         print_json({"job": args.name, **counts, "failures": failures})
         return 0
@@ -104,7 +100,7 @@ def cmd_task(args: argparse.Namespace) -> int:
     q, _ = open_queue(args)
     view = task_view(q, args.ref)
     if view is None:
-        raise UnknownTask(f"no task with id or line {args.ref!r} in queue {q.keys.prefix!r}")
+        raise NotFound(f"no task with id or line {args.ref!r} in queue {q.keys.prefix!r}")
     if args.json:
         print_json(view.as_json())
         return 0
@@ -133,15 +129,26 @@ def add_cancel_parser(sub: Subparsers) -> None:
     _common(p)
     p.add_argument("refs", nargs="*", metavar="ID", help="task ids (submit numbers) or lines")
     p.add_argument("--job", metavar="NAME", help="also every waiting or claimed task of this job")
+    p.add_argument("--state", choices=LIVE_STATES, action="append", default=[],
+                   help="also every task in this state (todo: waiting; in_progress: claimed by a worker)")  # fmt: skip
+    p.add_argument("--include", default="", metavar="TEXT",
+                   help="with --job/--state: only tasks whose line holds TEXT")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
-def _job_tasks(q: Queue, name: str) -> list[str]:
-    """The waiting and claimed tasks of a job (a walk of both states: a manager command, not a hot path)."""
+LIVE_STATES = ("todo", "in_progress")
+
+
+def _selected(q: Queue, states: list[str], job: str | None, include: str) -> list[str]:
+    """The live tasks in these states (both, for a job), of that job, holding that text: a walk of
+    the states, a manager command, not a hot path."""
     from distcomp_obs.queue import views
 
-    live = list(q.list_state("todo")) + list(q.list_state("in_progress"))
-    return [t for t in live if views.job_of(q, t) == name]
+    live = [t for state in states or LIVE_STATES for t in q.list_state(state) if include in t]
+    if job is None:
+        return live
+    jobs = views.jobs_of(q, live)
+    return [t for t in live if jobs.get(t) == job]
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -150,10 +157,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from distcomp_obs.queue.views import resolve
 
     q, _ = open_queue(args)
-    if not args.refs and not args.job:
-        raise UnknownTask("name the tasks to cancel (ids or lines), or --job NAME")
+    if not args.refs and not args.job and not args.state:
+        raise NotFound("name the tasks to cancel (ids or lines), or --job NAME, or --state STATE")
     lines = {ref: resolve(q, ref) for ref in args.refs}
-    lines.update({t: t for t in (_job_tasks(q, args.job) if args.job else [])})
+    if args.job or args.state:
+        lines.update({t: t for t in _selected(q, args.state, args.job, args.include)})
     known = [line for line in lines.values() if line is not None]
     words = dict(zip(known, q.cancel(known, who="distcomp cancel"), strict=True))
     result = {ref: (words[line] if line is not None else "unknown") for ref, line in lines.items()}

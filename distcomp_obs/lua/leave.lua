@@ -8,4 +8,5 @@ redis.call('DEL', K.lease)
 if held_by({[ARGV[1]] = true})[ARGV[1]] then return 0 end
 redis.call('SREM', K.workers, ARGV[1])
 redis.call('HDEL', K.worker_status, ARGV[1])
+redis.call('HDEL', K.stop_names, ARGV[1])
 return 1

@@ -73,6 +73,14 @@ class OneCommandProtocol:
             return ClaimResult(True, remaining, [Claimed.from_reply(task, token, meta)])
         return ClaimResult(True, len(members))
 
+    def cancels(self, incarnation: str) -> list[str]:
+        """The cancel requests for tasks this incarnation holds (what a settle returns on the
+        pipelined protocol): none to read while none is pending."""
+        if not self._one("poll", self.r.hlen, self.k.cancel_requests):
+            return []
+        pending: dict[str, str] = self._one("poll", self.r.hgetall, self.k.cancel_requests)
+        return [task for task, token in pending.items() if token.startswith(f"{incarnation}:")]
+
     def report(self, worker: str, rep: Report, max_retry: int) -> ReportCode:
         """Record one result: the done record first (HSETNX: the commit point, written once),
         then the counters and the event, then the claim is released."""
@@ -82,6 +90,8 @@ class OneCommandProtocol:
             return self._not_ours(rep)
         if rep.outcome == "finished":
             return self._commit(worker, rep, k.finished_tasks, rep.payload, ReportCode.FINISHED)
+        if rep.outcome == "cancelled":  # stopped on a cancel request: a terminal state of its own
+            return self._commit(worker, rep, k.cancelled_tasks, rep.payload, ReportCode.CANCELLED)
         failed_on = f"{self._one('report', r.hget, k.failed_tasks, task) or ','}{worker},"
         self._one("report", r.hset, k.failed_tasks, task, failed_on)
         attempts = self._one("report", r.hincrby, k.attempts, task, 1)
@@ -95,7 +105,8 @@ class OneCommandProtocol:
 
     def _not_ours(self, rep: Report) -> ReportCode:
         k, r, task = self.k, self.r, rep.task
-        done = self._one("report", r.hget, k.finished_tasks, task) or self._one("report", r.hget, k.failed_final, task)
+        done = (self._one("report", r.hget, k.finished_tasks, task) or self._one("report", r.hget, k.failed_final, task)
+                or self._one("report", r.hget, k.cancelled_tasks, task))  # fmt: skip
         if done and DoneRecord.parse(done).header.get("token") == rep.token:
             return ReportCode.DUPLICATE
         self._one("report", r.hincrby, k.stats, "stale_reports", 1)
@@ -133,6 +144,7 @@ class OneCommandProtocol:
             self._one("report", r.hset, k.task_fail_reason, task, body)
         self._one("report", r.hincrby, k.stats, code.outcome, 1)
         self._one("report", r.xadd, k.events, {"state": code.outcome, "ms": self._now_ms("report"), "task": task})
+        self._one("report", r.hdel, k.cancel_requests, task)  # a late request for a task now done
         self._one("report", r.hdel, k.in_progress_tasks, task)
         return code
 

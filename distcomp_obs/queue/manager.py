@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import redis
 
@@ -85,12 +85,23 @@ def forget_worker(q: Queue, worker: str) -> None:
     pipe.execute()
 
 
-def request_stop(q: Queue) -> None:
-    """Ask every running worker to drain and exit (workers started later run normally): the
-    request carries the server's time in ms, which workers compare with their own start, also
-    by the server's clock."""
+def request_stop(q: Queue, names: Sequence[str] = ()) -> list[str]:
+    """Ask every running worker, or only those named, to drain and exit (workers started later run
+    normally): the request carries the server's time in ms, which workers compare with their own
+    start, also by the server's clock. Returns the names that are not registered workers, and then
+    asks nothing of anyone."""
+    if names:
+        unknown = sorted(set(names) - set(q.r.smembers(q.keys.workers)))
+        if unknown:
+            return unknown
+        now = str(q.server_time_ms())
+        q.r.hset(q.keys.stop_names, mapping=dict.fromkeys(names, now))
+        for name in names:
+            q.r.publish(q.keys.wake_channel, f"stop {name}")
+        return []
     q.r.set(q.keys.stop_requested, str(q.server_time_ms()))
     q.r.publish(q.keys.wake_channel, "stop")
+    return []
 
 
 def clear_stop(q: Queue) -> None:

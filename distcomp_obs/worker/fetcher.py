@@ -67,9 +67,10 @@ class Fetcher:
             if want and not fetch_due:
                 want = 0
             claimed, remaining = 0, -1
-            if want or self._reports_due() or p.wake.take_cancel():
+            cancels = p.wake.take_cancel()
+            if want or self._reports_due() or cancels:
                 try:
-                    claimed, remaining = self._round_trip(want, self._limits() if want else NO_CLAIM)
+                    claimed, remaining = self._round_trip(want, self._limits() if want else NO_CLAIM, cancels)
                 except (*REDIS_DOWN, RedisUnavailable) as exc:
                     self._redis_down(exc)
                     continue
@@ -144,12 +145,16 @@ class Fetcher:
             self.m.poll_sleep_seconds.labels(wait.reason).observe(time.perf_counter() - start)
 
     # --- round trips ---------------------------------------------------------------------------
-    def _round_trip(self, want: int, limits: ClaimLimits) -> tuple[int, int]:
-        """Report what finished and claim `want` more. Returns (claimed, tasks still queued)."""
+    def _round_trip(self, want: int, limits: ClaimLimits, cancels: bool) -> tuple[int, int]:
+        """Report what finished and claim `want` more (a settle also returns the cancel requests for
+        our tasks; DistComp's protocol reads them only when told some exist). Returns (claimed, tasks
+        still queued)."""
         start = time.perf_counter()
         if self.s.pipeline:
             got = self._settle(want, limits)
         else:
+            if cancels:
+                self._stop(self.one_command.cancels(self.incarnation))
             got = self._one_command_round_trips(want, limits)
         if want:  # how long a refill takes: sizes the buffer (pace.py)
             self.pace.claimed(time.perf_counter() - start)
@@ -234,6 +239,8 @@ class Fetcher:
     def _stop(self, tasks: list[str]) -> None:
         """Cancel requests for tasks we hold: buffered ones end now, running ones are killed (their
         process groups); both are reported cancelled with the next settle."""
+        if not tasks:
+            return
         lines = set(tasks)
         for held in self.p.buffer.drop(lambda h: h.line in lines):
             self.p.results.put(Result(held, Outcome(False, "cancelled", "cancelled"), 0.0, time.monotonic()))
@@ -331,7 +338,7 @@ class Fetcher:
         attempts = 0
         while self.p.results.unsent:
             try:
-                self._round_trip(0, NO_CLAIM)
+                self._round_trip(0, NO_CLAIM, False)
             except REDIS_DOWN:
                 attempts += 1
                 if not final or self.p.hard_stop.is_set() or attempts > 20:

@@ -4,7 +4,7 @@ Thread roles (Dramatiq's split, one class each):
 - Fetcher (the thread calling `run`): claims into the buffer and reports results;
 - SlotPool: `concurrency` threads take from the buffer and run tasks;
 - Chores (the "heartbeat" thread): lease, status, reaper, memory watch; never waits on a task;
-- WakeListener (adaptive polling only): blocks on the wake-up channel.
+- WakeListener: blocks on the wake-up channel (submissions wake it only with adaptive polling).
 They share the pieces in parts.Parts, each of which guards its own state.
 Constructing a Worker touches no Redis: `run` connects, waiting (with backoff) while Redis is away,
 and binds the metrics port before it registers, so a busy port leaves no registration behind.
@@ -93,7 +93,7 @@ class Worker:
         fetcher = Fetcher(self.s, self.incarnation, parts)
         chores = Chores(self.s, self.incarnation, parts, fetcher.tally, self.request_stop)
         chores.give_back = fetcher.give_back
-        listener = WakeListener(q, self.wake, self.request_stop)
+        listener = WakeListener(q, self.wake, self.request_stop, self.name, self.s.polling == "adaptive")
         # Bind /metrics before registering: a busy port must not leave a registration listed DEAD.
         chores.metrics_url = self._start_metrics()
         try:
@@ -112,8 +112,7 @@ class Worker:
             self._log_start(chores.metrics_url)
             self.pool.start(guard, fetcher.give_back, tracer)
             chores.start()
-            if self.s.polling == "adaptive":
-                listener.start()
+            listener.start()
             fetcher.run()
         finally:
             self._shutdown(q, fetcher, chores, listener)

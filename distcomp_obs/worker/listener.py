@@ -1,5 +1,6 @@
-"""WakeListener: with adaptive polling, a thread blocked on the wake-up channel, so an idle
-worker claims a submitted task at once instead of at its next poll."""
+"""WakeListener: a thread blocked on the wake-up channel. With adaptive polling an idle worker
+claims a submitted task at once instead of at its next poll; with fixed polling (DistComp's) it
+ignores submissions and hears only stop and cancel requests, so those act within a second too."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ from distcomp_obs.worker.wake import WakeSignal
 
 
 class WakeListener:
-    def __init__(self, q: Queue, wake: WakeSignal, request_stop: Callable[[], None]) -> None:
+    def __init__(self, q: Queue, wake: WakeSignal, request_stop: Callable[[], None], name: str,
+                 announcements: bool = True) -> None:  # fmt: skip
         self.q = q
         self.wake = wake
         self.request_stop = request_stop
+        self.name = name
+        self.announcements = announcements
         self.stopped = threading.Event()
 
     def start(self) -> None:
@@ -40,6 +44,7 @@ class WakeListener:
                         pubsub.close()
                 pubsub = None
                 self.wake.maybe_missed()  # poll once reconnected
+                self.wake.cancel_requested()  # and look for cancel requests we may have missed
                 self.stopped.wait(0.5)
         if pubsub is not None:
             try:
@@ -48,15 +53,18 @@ class WakeListener:
                 pass
 
     def _handle(self, message: dict[str, str] | None) -> None:
-        """Handle "submit <max priority>" (submit, retry, requeue) and "stop" (`distcomp stop-workers`)."""
+        """Handle "submit <max priority>" (submit, retry, requeue), "stop [WORKER]" (`distcomp
+        stop-workers [--name]`) and "cancel" (`distcomp cancel` of a claimed task)."""
         if not message or message.get("type") != "message":
             return
-        if message["data"] == "stop":
-            self.request_stop()
-            self.wake.poke()
+        word, _, arg = message["data"].partition(" ")
+        if word == "stop":
+            if arg in ("", self.name):
+                self.request_stop()
+                self.wake.poke()
             return
-        if message["data"] == "cancel":  # the next settle tells this worker which of its tasks to stop
+        if word == "cancel":  # the next settle tells this worker which of its tasks to stop
             self.wake.cancel_requested()
             return
-        _, _, priority = message["data"].partition(" ")
-        self.wake.announce(int(priority or 0))
+        if self.announcements:
+            self.wake.announce(int(arg or 0))
