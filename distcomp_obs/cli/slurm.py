@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from distcomp_obs.cli.common import _common, _worker_flags, print_json, setting_flag, settings_from
-from distcomp_obs.cli.queue_commands import job_name
 from distcomp_obs.errors import ConfigError, DistcompError
 
 if TYPE_CHECKING:
@@ -212,6 +211,14 @@ def sbatch_argv(args: argparse.Namespace, sbatch: str, script: str) -> list[str]
     return argv
 
 
+def _job_name(given: str | None, file: str) -> str:
+    """--job, or the task file's name, as `distcomp submit` names a job (command modules share only common)."""
+    name = given if given is not None else os.path.basename(file)
+    if not name or len(name) > 100 or any(c.isspace() for c in name):
+        raise ConfigError("job", name, "a name of 1 to 100 characters without spaces")
+    return name
+
+
 def _local_only(url: str) -> bool:
     """A Redis URL that only this machine can reach (loopback or a Unix socket)."""
     parts = urlsplit(url)
@@ -236,7 +243,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
               "submit the rest)", file=sys.stderr)  # fmt: skip
         return 1
     q = Queue(connect(settings.redis_url), settings.prefix)
-    added = q.submit([t.line for t in loaded.tasks], job=job_name(args.job, args.file))
+    added = q.submit([t.line for t in loaded.tasks], job=_job_name(args.job, args.file))
     if _local_only(settings.redis_url):
         print(f"note: workers on other nodes cannot reach {redact_url(settings.redis_url)}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="distcomp-slurm-") as tmp:
