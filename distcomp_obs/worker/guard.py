@@ -17,6 +17,9 @@ import threading
 # Runs in `python -I -S`: no site, no distcomp import, so it starts in ~20 ms and costs ~8 MB.
 _GUARD = r"""
 import os, signal, sys
+# The signal that stops the worker's whole process tree (scancel, systemd) must not end the guard
+# first: it lives until the worker's pipe closes.
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
 groups = set()
 for line in sys.stdin:
     op, pgid = line[0], int(line[1:])
@@ -60,7 +63,10 @@ class TaskGuard:
         """Clean exit: the guard kills whatever is still registered (nothing, after a drain)."""
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             with self._lock:
-                self.proc.stdin.close()
+                try:
+                    self.proc.stdin.close()
+                except OSError:  # the guard is gone already (BrokenPipeError on the final flush)
+                    pass
         try:
             self.proc.wait(5)
         except (subprocess.TimeoutExpired, OSError):  # OSError: time.sleep under libfaketime (clock-skew test)

@@ -8,8 +8,10 @@ handed back to the queue through `give_back`, not reported.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +34,10 @@ GiveBack = Callable[[list[Held], str], None]
 
 #: how often a slot looks again while the lease is in doubt
 LEASE_WAIT_S = 0.1
+#: exit codes of a task ended by the signal that stops its worker too (scancel, systemd stop)
+STOP_SIGNAL_CODES = frozenset({-signal.SIGTERM, -signal.SIGINT})
+#: how long a slot waits for the worker's own handler to see that signal (they land together)
+STOP_SIGNAL_RACE_S = 1.0
 
 
 class Memory:
@@ -191,6 +197,9 @@ class SlotPool:
             log.exception("worker %s: error running %r", self.s.name, held.line)
             outcome = Outcome(False, f"worker error: {exc!r}")
         duration = time.perf_counter() - start
+        if outcome.exit_code in STOP_SIGNAL_CODES and self.stopping.wait(STOP_SIGNAL_RACE_S):
+            # Signalled with the whole process tree (scancel, systemd): stopped with us, not failed.
+            outcome = dataclasses.replace(outcome, killed_for="shutdown")
         if tt is not None and tracer is not None:
             tracer.ran(tt, outcome.ok, outcome.output)
         with self._lock:
