@@ -489,7 +489,7 @@ def test_readme_says_exactly_which_commands_take_which_common_flags() -> None:
         assert {"--redis-url", "--prefix", "--config"} <= flags[name], name
     assert flags["config check"] >= {"--redis-url", "--prefix"} and "--config" not in flags["config check"]
     assert "--redis-url" in flags["bench"] and not {"--prefix", "--config"} & flags["bench"]
-    assert queue_commands | {"config check", "bench", "config"} == set(commands)
+    assert queue_commands | {"config check", "bench", "config", "slurm", "slurm script"} == set(commands)
     for name in named(r"\)\. (`run`.*?) print one JSON object with `--json`"):
         assert "--json" in flags[name], name
     for name in named(r"The commands that log \((.*?)\) take `--log-level`"):

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from distcomp_obs import __version__
-from distcomp_obs.cli import bench, console, queue_commands, run, task_commands
+from distcomp_obs.cli import bench, console, queue_commands, run, slurm, task_commands
 from distcomp_obs.cli.common import DistcompParser, early_log_settings
 from distcomp_obs.errors import run_command
 
@@ -30,6 +30,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     **bench.HANDLERS,
     **task_commands.HANDLERS,
     **console.HANDLERS,
+    **slurm.HANDLERS,
 }
 
 DESCRIPTION = """\
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parsers(sub)
     task_commands.add_parsers(sub)
     console.add_parsers(sub)
+    slurm.add_parsers(sub)
     return parser
 
 
