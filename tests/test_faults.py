@@ -28,7 +28,7 @@ from distcomp_obs.queue.scripts import source as script_source
 from distcomp_obs.records import ClaimLimits, Report
 from distcomp_obs.redis_io import connect
 from distcomp_obs.redis_server import RedisServer
-from tests.conftest import WorkerProc, free_port, require, run_cli, wait_until, warm_up
+from tests.conftest import WorkerProc, free_port, require, wait_until, warm_up
 from tests.fault_tools import (
     FaultProxy,
     assert_audit,
