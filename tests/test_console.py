@@ -19,6 +19,7 @@ import pytest
 
 from distcomp_obs.netutil import free_port
 from distcomp_obs.queue import Queue, views
+from distcomp_obs.records import ClaimLimits, Report
 from tests.conftest import REPO, distcomp_argv, run_cli, wait_until
 
 TOKEN = "console-test-token-3f9a"
@@ -443,3 +444,45 @@ def test_job_cancel_stops_its_waiting_and_running_tasks(
     job = wait_until(stopped, what="the worker stopped it")
     assert job["pending"] == 0 and job["percent"] == 100.0
     assert console.json("/api/jobs/other")["pending"] == 1 and queue.counts()["todo"] == 1
+
+
+def test_job_eta_from_recent_finishes(console: Console, queue: Queue, start_worker: Callable[..., Any]) -> None:
+    queue.submit([f"builtin:1:0:0:sleep 0.2 eta-{i}" for i in range(40)], job="slow")
+    queue.submit(["shell:1:999:0:echo never"], job="stuck")  # no worker can take it: no rate, ever
+    queue.submit(["builtin:1:0:0:noop quick"], job="quick")
+    assert console.json("/api/jobs/slow")["eta"] == "unknown"  # nothing finished yet
+    start_worker("--concurrency", "2")
+    known = lambda: (j := console.json("/api/jobs/slow"))["eta_s"] and j["pending"] and j  # noqa: E731
+    job = wait_until(known, what="an ETA for the running job")
+    assert job["remaining"] == job["pending"] and 0 < job["rate_per_s"] < 100
+    assert job["eta_s"] == pytest.approx(job["remaining"] / job["rate_per_s"])
+    assert job["eta"] not in ("unknown", "done") and job["eta"].endswith("s")
+    page = console.get("/jobs/slow")[1]
+    assert 'id="job-eta">' in page and 'id="job-eta">unknown<' not in page and "tasks/s" in page
+    stuck = console.json("/api/jobs/stuck")
+    assert (stuck["eta"], stuck["eta_s"], stuck["remaining"]) == ("unknown", None, 1)
+    wait_until(lambda: views.job(queue, "slow")["pending"] == 0, what="the job finished")  # type: ignore[index]
+    jobs = console.json("/api/jobs")
+    assert (jobs["slow"]["eta"], jobs["slow"]["eta_s"], jobs["quick"]["eta"]) == ("done", 0.0, "done")
+    assert jobs["stuck"]["eta"] == "unknown" and ">ETA<" in console.get("/jobs")[1]
+    assert views.job_eta(queue, "nope") is None and views.job_eta(queue, "stuck") == {
+        "remaining": 1, "rate_per_s": None, "eta_s": None}  # fmt: skip
+
+
+def test_recent_rates_count_each_task_of_a_batch(queue: Queue) -> None:
+    """A settle of N tasks is one event listing N tasks: each is counted, for its own job."""
+    queue.submit([f"builtin:1:0:0:noop r{i}" for i in range(6)], job="a")
+    queue.submit(["builtin:1:0:0:noop other"], job="b")
+    assert queue.acquire_lease("w", "i", 60_000)
+    held = {c.line: c.token for c in queue.claim("w", "i", 10, ClaimLimits(8, 8)).tasks}
+    for batch in (["r0"], ["r1", "r2", "other"], ["r3", "r4"]):  # three settles: three events
+        reports = [Report(f"builtin:1:0:0:noop {t}", held[f"builtin:1:0:0:noop {t}"], "finished", "") for t in batch]
+        queue.settle("w", "i", reports, 0, ClaimLimits(8, 8), max_retry=0)
+        time.sleep(0.05)
+    rates = views.recent_rates(queue)
+    assert set(rates) == {"a"}  # b has one batch: no rate yet
+    span_s = 4 / rates["a"]  # a's 4 tasks after its first batch, over that batch's age
+    assert 0.1 <= span_s < 10
+    eta = views.job_eta(queue, "a")  # a moment later: a slightly lower rate
+    assert eta is not None and eta["remaining"] == 1 and 0 < eta["rate_per_s"] <= rates["a"]
+    assert eta["eta_s"] == pytest.approx(1 / eta["rate_per_s"])

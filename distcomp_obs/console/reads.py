@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from distcomp_obs.queue import Queue, views
 from distcomp_obs.records import DoneRecord, Holding, parse_meta, unrunnable
+from distcomp_obs.runprogress import format_duration
 
 PAGE = 50
 STATES = ("todo", "in_progress", "finished", "failed", "cancelled")
@@ -255,16 +256,27 @@ def problems(classes: dict[str, int], workers: dict[str, dict[str, Any]], holdin
     return out
 
 
-def progress(counts: dict[str, int]) -> dict[str, Any]:
-    """A job's counters plus `done` (finished + failed + cancelled) and `percent` of those submitted."""
+def progress(counts: dict[str, int], rate_per_s: float | None = None) -> dict[str, Any]:
+    """A job's counters plus `done` (finished + failed + cancelled), `percent` of those submitted,
+    and its ETA (`views.eta`): `remaining`, `rate_per_s`, `eta_s`, and `eta` in words."""
     done = counts["finished"] + counts["failed"] + counts["cancelled"]
     pct = 100.0 * done / counts["submitted"] if counts["submitted"] else 100.0
-    return {**counts, "done": done, "percent": round(pct, 1)}
+    eta = views.eta(counts, rate_per_s)
+    return {**counts, "done": done, "percent": round(pct, 1), **eta, "eta": eta_words(eta["eta_s"])}
+
+
+def eta_words(eta_s: float | None) -> str:
+    if eta_s is None:
+        return "unknown"
+    return "done" if eta_s == 0 else format_duration(eta_s)
 
 
 def job_list(q: Queue) -> dict[str, dict[str, Any]]:
-    """Every job's counters (one HGETALL of the per-job counters), by name."""
-    return {name: progress(c) for name, c in sorted(views.jobs(q).items())}
+    """Every job's counters (one HGETALL of the per-job counters) and ETA (one bounded read of
+    the recent terminal transitions, only while a job has tasks left), by name."""
+    jobs = views.jobs(q)
+    rates = views.recent_rates(q) if any(c["pending"] for c in jobs.values()) else {}
+    return {name: progress(c, rates.get(name)) for name, c in sorted(jobs.items())}
 
 
 def job_failures(q: Queue, name: str, expected: int, limit: int = JOB_FAILURES) -> list[Row]:
@@ -290,4 +302,5 @@ def job_detail(q: Queue, name: str) -> dict[str, Any] | None:
     counts = views.job(q, name)
     if counts is None:
         return None
-    return {"job": name, **progress(counts), "failures": job_failures(q, name, counts["failed"])}
+    rate = views.recent_rates(q).get(name) if counts["pending"] else None
+    return {"job": name, **progress(counts, rate), "failures": job_failures(q, name, counts["failed"])}
