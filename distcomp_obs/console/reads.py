@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from distcomp_obs.queue import Queue, views
-from distcomp_obs.records import DoneRecord, Holding, parse_meta, unrunnable
+from distcomp_obs.records import DoneRecord, Holding, meta_job, parse_meta, unrunnable
 from distcomp_obs.runprogress import format_duration
 
 PAGE = 50
@@ -87,12 +87,17 @@ def glob_pattern(text: str) -> str:
     return "*" + "".join(out) + "*"
 
 
-def _ids(q: Queue, lines: list[str]) -> list[int | None]:
-    """Each line's submit seq (its id): one HMGET for the page."""
+def _metas(q: Queue, lines: list[str]) -> list[tuple[int, str] | None]:
+    """Each line's (submit seq: its id, job), None if forgotten meanwhile: one HMGET."""
     if not lines:
         return []
     raw = q.r.hmget(q.keys.tasks, lines)
-    return [parse_meta(_text(v))[0] if v is not None else None for v in raw]
+    return [None if v is None else (parse_meta(_text(v))[0], meta_job(_text(v))) for v in raw]
+
+
+def _ids(q: Queue, lines: list[str]) -> list[int | None]:
+    """Each line's submit seq (its id): one HMGET for the page."""
+    return [None if m is None else m[0] for m in _metas(q, lines)]
 
 
 def _detail(state: str, value: str) -> str:
@@ -105,18 +110,19 @@ def _detail(state: str, value: str) -> str:
 
 
 def page_tasks(q: Queue, state: str, text: str = "", cursor: str = "0", limit: int = PAGE,
-               budget_s: float = SEARCH_BUDGET_S) -> Page:  # fmt: skip
-    """One page of a state's tasks, optionally those whose line (or, failed, reason) holds `text`."""
+               budget_s: float = SEARCH_BUDGET_S, job: str = "") -> Page:  # fmt: skip
+    """One page of a state's tasks, optionally those whose line (or, failed, reason) holds `text`,
+    and those of one `job` (their jobs by HMGET, with their ids)."""
     if state not in STATES:
         raise KeyError(state)
     deadline = time.monotonic() + budget_s
-    found: list[tuple[str, str]] = []
+    found: list[tuple[str, str, int | None]] = []
     scanned = 0
     pos = int(cursor or 0)
     value_search = bool(text) and state == "failed"
     needle = text.lower()
     match = glob_pattern(text) if text and not value_search else None
-    count = VALUE_SCAN_COUNT if text else limit
+    count = VALUE_SCAN_COUNT if text or job else limit
     while True:
         if state == "todo":
             pos, members = q.r.zscan(q.keys.todo_tasks, pos, match=match, count=count)
@@ -130,14 +136,14 @@ def page_tasks(q: Queue, state: str, text: str = "", cursor: str = "0", limit: i
             if value_search:
                 batch = [(k, v) for k, v in batch if needle in k.lower() or needle in v.lower()]
             batch = [(k, _detail(state, v)) for k, v in batch]
+        metas = _metas(q, [line for line, _ in batch])
+        found += [(line, detail, meta[0] if meta else None) for (line, detail), meta in zip(batch, metas, strict=True)
+                  if not job or (meta is not None and meta[1] == job)]  # fmt: skip
         scanned += 1
-        found += batch
         if pos == 0 or len(found) >= limit or time.monotonic() > deadline:
             break
-    found.sort(key=lambda pair: pair[0])
-    ids = _ids(q, [line for line, _ in found])
-    rows = [Row(i, line, state, detail) for (line, detail), i in zip(found, ids, strict=True)]
-    return Page(rows, None if pos == 0 else str(pos), scanned)
+    found.sort(key=lambda row: row[0])
+    return Page([Row(i, line, state, detail) for line, detail, i in found], None if pos == 0 else str(pos), scanned)
 
 
 def _priority(line: str) -> int | None:
@@ -304,3 +310,25 @@ def job_detail(q: Queue, name: str) -> dict[str, Any] | None:
         return None
     rate = views.recent_rates(q).get(name) if counts["pending"] else None
     return {"job": name, **progress(counts, rate), "failures": job_failures(q, name, counts["failed"])}
+
+
+def lines_of_ids(q: Queue, ids: list[str]) -> dict[str, str | None]:
+    """id -> its task line (None: no such task), from the queue's id index: one HMGET per 1,000."""
+    out: dict[str, str | None] = {}
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start : start + 1000]
+        for task_id, line in zip(chunk, q.r.hmget(q.keys.task_ids, chunk), strict=True):
+            out[task_id] = None if line is None else _text(line)
+    return out
+
+
+def select_all(q: Queue, state: str, text: str = "", job: str = "") -> list[str]:
+    """Every task of a state (whose line, or failed reason, holds `text`; of `job`): the page scan
+    followed to its end, for a bulk action."""
+    lines: list[str] = []
+    cursor: str | None = "0"
+    while cursor is not None:
+        page = page_tasks(q, state, text, cursor, limit=1000, budget_s=1.0, job=job)
+        lines += [row.line for row in page.rows]
+        cursor = page.cursor
+    return lines
