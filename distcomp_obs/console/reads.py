@@ -213,7 +213,8 @@ def task_view(q: Queue, line: str) -> TaskView | None:
             view.stdout, view.reason = str(record.header.get("stdout", "")), record.body
         view.attempts.append(_attempt(record.header, view.reason))
     elif cancelled is not None:
-        view.state, view.reason = "cancelled", DoneRecord.parse(cancelled).body
+        record = DoneRecord.parse(cancelled)  # its header names the worker that stopped it, if one did
+        view.state, view.reason, view.worker = "cancelled", record.body, str(record.header.get("worker", ""))
     else:
         view.reason = last_reason or ""
     return view
