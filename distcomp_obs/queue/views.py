@@ -105,7 +105,7 @@ def jobs_of(q: Queue, tasks: list[str]) -> dict[str, str]:
 #: reading at most ETA_MAX_TASKS of them (newest first): a bounded cost, however big the queue
 ETA_WINDOW_S = 300.0
 ETA_MAX_TASKS = 5000
-_EVENTS_PAGE = 1000
+_EVENTS_PAGE = 100
 
 
 def _raw_client(q: Queue) -> redis.Redis:
@@ -136,6 +136,8 @@ def recent_rates(q: Queue, window_s: float = ETA_WINDOW_S, max_tasks: int = ETA_
             tasks = [str(fields[i + 1]) for i in range(0, len(fields), 2) if fields[i] == "task"]
             batches.append((int(str(entry_id).split("-", 1)[0]), tasks))
             seen += len(tasks)
+            if seen >= max_tasks:  # a batch can be big (a worker reports many at once)
+                break
         if len(entries) < _EVENTS_PAGE:
             break
         top = f"({entries[-1][0]}"
