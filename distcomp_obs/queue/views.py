@@ -1,7 +1,9 @@
-"""Read models of single tasks: what `distcomp task ID` and the console show of one task.
+"""Read models of single tasks and of jobs: what `distcomp task ID`, `distcomp job NAME` and the
+console show of one task or job.
 
 A task is named by its id (its submit `seq`, kept in `task_ids`) or by its line. One pipelined
-round trip reads every record the task may have; nothing here walks a whole hash.
+round trip reads every record the task may have; nothing here walks a whole hash. A job's
+progress is its counters (O(1)); its ETA adds a bounded read of the newest terminal transitions.
 """
 
 from __future__ import annotations
