@@ -19,6 +19,7 @@ import pytest
 
 from distcomp_obs.netutil import free_port
 from distcomp_obs.queue import Queue, views
+from distcomp_obs.records import ClaimLimits, Report
 from tests.conftest import REPO, distcomp_argv, run_cli, wait_until
 
 TOKEN = "console-test-token-3f9a"
@@ -443,3 +444,164 @@ def test_job_cancel_stops_its_waiting_and_running_tasks(
     job = wait_until(stopped, what="the worker stopped it")
     assert job["pending"] == 0 and job["percent"] == 100.0
     assert console.json("/api/jobs/other")["pending"] == 1 and queue.counts()["todo"] == 1
+
+
+def test_job_eta_from_recent_finishes(console: Console, queue: Queue, start_worker: Callable[..., Any]) -> None:
+    queue.submit([f"builtin:1:0:0:sleep 0.2 eta-{i}" for i in range(40)], job="slow")
+    queue.submit(["shell:1:999:0:echo never"], job="stuck")  # no worker can take it: no rate, ever
+    queue.submit(["builtin:1:0:0:noop quick"], job="quick")
+    assert console.json("/api/jobs/slow")["eta"] == "unknown"  # nothing finished yet
+    start_worker("--concurrency", "2")
+    known = lambda: (j := console.json("/api/jobs/slow"))["eta_s"] and j["pending"] and j  # noqa: E731
+    job = wait_until(known, what="an ETA for the running job")
+    assert job["remaining"] == job["pending"] and 0 < job["rate_per_s"] < 100
+    assert job["eta_s"] == pytest.approx(job["remaining"] / job["rate_per_s"])
+    assert job["eta"] not in ("unknown", "done") and job["eta"].endswith("s")
+    page = console.get("/jobs/slow")[1]
+    assert 'id="job-eta">' in page and 'id="job-eta">unknown<' not in page and "tasks/s" in page
+    stuck = console.json("/api/jobs/stuck")
+    assert (stuck["eta"], stuck["eta_s"], stuck["remaining"]) == ("unknown", None, 1)
+    wait_until(lambda: views.job(queue, "slow")["pending"] == 0, what="the job finished")  # type: ignore[index]
+    jobs = console.json("/api/jobs")
+    assert (jobs["slow"]["eta"], jobs["slow"]["eta_s"], jobs["quick"]["eta"]) == ("done", 0.0, "done")
+    assert jobs["stuck"]["eta"] == "unknown" and ">ETA<" in console.get("/jobs")[1]
+    assert views.job_eta(queue, "nope") is None and views.job_eta(queue, "stuck") == {
+        "remaining": 1, "rate_per_s": None, "eta_s": None}  # fmt: skip
+
+
+def test_recent_rates_count_each_task_of_a_batch(queue: Queue) -> None:
+    """A settle of N tasks is one event listing N tasks: each is counted, for its own job."""
+    queue.submit([f"builtin:1:0:0:noop r{i}" for i in range(6)], job="a")
+    queue.submit(["builtin:1:0:0:noop other"], job="b")
+    assert queue.acquire_lease("w", "i", 60_000)
+    held = {c.line: c.token for c in queue.claim("w", "i", 10, ClaimLimits(8, 8)).tasks}
+    for batch in (["r0"], ["r1", "r2", "other"], ["r3", "r4"]):  # three settles: three events
+        reports = [Report(f"builtin:1:0:0:noop {t}", held[f"builtin:1:0:0:noop {t}"], "finished", "") for t in batch]
+        queue.settle("w", "i", reports, 0, ClaimLimits(8, 8), max_retry=0)
+        time.sleep(0.05)
+    rates = views.recent_rates(queue)
+    assert set(rates) == {"a"}  # b has one batch: no rate yet
+    span_s = 4 / rates["a"]  # a's 4 tasks after its first batch, over that batch's age
+    assert 0.1 <= span_s < 10
+    eta = views.job_eta(queue, "a")  # a moment later: a slightly lower rate
+    assert eta is not None and eta["remaining"] == 1 and 0 < eta["rate_per_s"] <= rates["a"]
+    assert eta["eta_s"] == pytest.approx(1 / eta["rate_per_s"])
+
+
+def json_post(console: Console, path: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    return console.post(path, headers={"Content-Type": "application/json", **(headers or {})},
+                        data=json.dumps(body).encode())  # fmt: skip
+
+
+def test_task_list_filters_by_job(
+    console: Console, queue: Queue, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    queue.submit([f"shell:1:999:0:echo a{i}" for i in range(70)], job="ja")  # too big: they stay waiting
+    queue.submit([f"shell:1:999:0:echo b{i}" for i in range(70)], job="jb")
+    seen, cursor = [], "0"
+    while cursor is not None:  # follows the scan across pages, only ja's tasks
+        page = console.json(f"/api/tasks?state=todo&job=ja&cursor={cursor}")
+        assert page["job"] == "ja" and all(t["id"] is not None for t in page["tasks"])
+        seen, cursor = seen + [t["line"] for t in page["tasks"]], page["cursor"]
+    assert sorted(seen) == sorted(f"shell:1:999:0:echo a{i}" for i in range(70))
+    found = console.json("/api/tasks?state=todo&job=jb&q=B7")["tasks"]
+    assert {t["line"] for t in found} == {"shell:1:999:0:echo b7"}
+    status, body, _ = console.get("/tasks?state=todo&job=jb")
+    assert status == 200 and 'id="job-filter"' in body and 'name="job" value="jb"' in body
+    assert "echo b1<" in body and "echo a1<" not in body and "state=failed&amp;job=jb" in body
+    for path in ["/tasks?state=todo&job=nope", "/api/tasks?job=nope", "/fragments/tasks?job=nope"]:
+        assert console.get(path)[0] == 404, path
+    assert 'href="/tasks?state=failed&amp;job=ja"' in console.get("/jobs/ja")[1]
+
+
+def test_bulk_retry_delete_and_cancel(
+    console: Console, queue: Queue, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    bad = [FAILING.format(flag=tmp_path / f"flag-{tag}", tag=tag) for tag in ("b1", "b2", "b3")]
+    other = FAILING.format(flag=tmp_path / "flag-o1", tag="o1")
+    queue.submit([*bad, "builtin:1:0:0:noop bulk ok"], job="bulk")
+    queue.submit([other], job="other")
+    start_worker("--max-retry-per-task", "0")
+    wait_until(lambda: queue.counts()["failed"] == 4 and queue.counts()["finished"] == 1, what="the jobs ran")
+    ids = {line: str(queue.meta(line)[0]) for line in [*bad, other, "builtin:1:0:0:noop bulk ok"]}  # type: ignore[index]
+    retry = {"state": "failed", "q": "ZORGLUB-B", "job": "bulk"}
+    for headers in [{}, {"Authorization": "Bearer wrong"}, {**AUTH, "Origin": "http://evil.example"}]:
+        status, body = json_post(console, "/api/tasks/retry", retry, headers)
+        assert status == 403 and "error" in body, headers
+    assert queue.counts()["failed"] == 4
+    status, body, _ = console.get("/tasks?state=failed", headers=AUTH)
+    assert 'id="bulk-retry"' in body and 'id="bulk-delete"' in body and 'id="bulk-cancel"' not in body
+    for path in ("flag-b1", "flag-b2", "flag-b3", "flag-o1"):
+        (tmp_path / path).write_text("passes now")
+    status, body = json_post(console, "/api/tasks/retry", retry, AUTH)  # the selection form
+    assert status == 200 and body == {"action": "retry", "tasks": 3, "result": {"retried": 3}, "unknown_ids": []}
+    assert other in queue.list_state("failed") and all(views.job_of(queue, t) == "bulk" for t in bad)
+    wait_until(lambda: all(t in queue.list_state("finished") for t in bad), what="the retried tasks finished")
+    delete = {"ids": [ids[other], ids["builtin:1:0:0:noop bulk ok"], 999999]}  # the ids form
+    status, body = json_post(console, "/api/tasks/delete", delete, AUTH)
+    assert status == 200 and body["result"] == {"deleted": 2} and body["unknown_ids"] == [999999]
+    assert queue.meta(other) is None and queue.counts()["finished"] == 3
+    queue.submit([f"shell:1:999:0:echo wait {i}" for i in range(3)], job="waits")
+    waiting = [str(queue.meta(f"shell:1:999:0:echo wait {i}")[0]) for i in range(3)]  # type: ignore[index]
+    finished_id = str(queue.meta(bad[0])[0])  # type: ignore[index]
+    status, body = json_post(console, "/api/tasks/cancel", {"ids": [*waiting[:2], finished_id]}, AUTH)
+    assert status == 200 and body["result"] == {"cancelled": 2, "finished": 1}  # the finished one: said, unchanged
+    assert bad[0] in queue.list_state("finished") and views.job(queue, "bulk")["cancelled"] == 0  # type: ignore[index]
+    status, body = console.post("/api/tasks/cancel?state=todo&job=waits", headers=AUTH)  # a query string, no body
+    assert status == 200 and body["result"] == {"cancelled": 1} and queue.counts()["todo"] == 0
+    status, body = console.post("/api/tasks/delete?state=cancelled&q=wait", headers=AUTH)
+    assert status == 200 and body["result"] == {"unchanged": 3}  # delete applies to finished or failed only
+    for path, data, code in [("/api/tasks/retry", {}, 400), ("/api/tasks/retry", {"ids": "1"}, 400),
+                             ("/api/tasks/retry", {"state": "bogus"}, 404),
+                             ("/api/tasks/retry", {"state": "failed", "job": "nope"}, 404)]:  # fmt: skip
+        status, body = json_post(console, path, data, AUTH)
+        assert status == code and "error" in body, (data, body)
+    status, body = console.post("/api/tasks/retry", headers={**AUTH, "Content-Type": "application/json"}, data=b"{")
+    assert status == 400 and "JSON object" in body["error"]
+
+
+def test_cancel_of_a_task_that_just_finished_changes_nothing(
+    console: Console, queue: Queue, start_worker: Callable[..., Any]
+) -> None:
+    line = "builtin:1:0:0:noop done already"
+    queue.submit([line], job="quick")
+    start_worker()
+    wait_until(lambda: line in queue.list_state("finished"), what="it finished")
+    before = console.json("/api" + task_url(queue, line))
+    status, body = console.post(api_url(queue, line, "cancel"), headers=AUTH)
+    assert status == 409 and "this one is finished" in body["error"]
+    assert console.json("/api" + task_url(queue, line)) == before
+    assert console.json("/api/jobs/quick")["cancelled"] == 0 and queue.counts()["cancelled"] == 0
+
+
+def test_overview_names_stranded_tasks_and_dead_workers_and_agrees_with_status_and_audit(
+    console: Console, queue: Queue, redis_url: str, prefix: str, start_worker: Callable[..., Any]
+) -> None:
+    from distcomp_obs.audit import audit
+
+    queue.submit(["builtin:1:0:0:noop first", "builtin:1:0:0:sleep 60"])
+    worker = start_worker("--concurrency", "2")
+    wait_until(lambda: queue.counts()["in_progress"] == 1 and queue.counts()["finished"] == 1, what="one runs")
+    worker.kill9()  # no worker left to reap: its task stays held by a dead worker
+    queue.submit(["shell:1:0:0:echo cancelled", "shell:1:0:0:echo waits"])
+    assert queue.cancel(["shell:1:0:0:echo cancelled"], who="test") == ["cancelled"]
+    three = lambda: len(found := console.json("/api/overview")["problems"]) == 3 and found  # noqa: E731
+    problems = wait_until(three, timeout=30, what="the lease expired")
+    assert {p["kind"] for p in problems} == {"no_live_worker", "stranded", "dead_worker"}
+    assert "dead worker w1 holds 1 task(s)" in console.get("/")[1]
+    overview = console.json("/api/overview")
+    status_json = cli_json(redis_url, prefix, "status")
+    assert {k: overview["counts"][k] for k in status_json["counts"]} == status_json["counts"]
+    report = audit(queue)
+    assert {k: overview["counts"].get(k, 0) for k in report.counts if k != "submitted"} == {
+        k: n for k, n in report.counts.items() if k != "submitted"}  # fmt: skip
+    assert overview["counts"] == {"todo": 1, "in_progress": 1, "finished": 1, "failed": 0, "cancelled": 1}
+    for state in reads_states():
+        rows = console.json(f"/api/tasks?state={state}")["tasks"]
+        assert len(rows) == overview["counts"][state], state
+
+
+def reads_states() -> tuple[str, ...]:
+    from distcomp_obs.console.reads import STATES
+
+    return STATES

@@ -9,6 +9,7 @@ import importlib.util
 import re
 import shutil
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -69,18 +70,32 @@ def text_of(driver: Any, css: str) -> str:
         return ""
 
 
-def test_find_retry_and_watch_a_failed_task(browser: Any, console: Console, queue: Queue,
-                                            start_worker: Callable[..., Any], tmp_path: Path) -> None:  # fmt: skip
+def running_with(marker: str) -> list[int]:
+    """Pids of processes whose command line holds `marker`."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker.encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_find_retry_cancel_and_watch_tasks(browser: Any, console: Console, queue: Queue,
+                                           start_worker: Callable[..., Any], tmp_path: Path) -> None:  # fmt: skip
     from selenium.common.exceptions import NoAlertPresentException
 
     failing = FAILING.format(flag=tmp_path / "flag", tag="browser")
-    queue.submit([failing, SCRIPT, *[f"builtin:1:0:0:noop warm {i}" for i in range(40)]])
+    marker = f"cancel-me-{uuid.uuid4().hex[:8]}"
+    sleeper = f"shell:5:0:0:sleep 60 && echo {marker}"
+    queue.submit([failing, SCRIPT, *[f"builtin:1:0:0:noop warm {i}" for i in range(40)]], job="nightly")
     for _ in range(2):  # two slots each: one may run the 60 s sleeper, the other drains the buffer
         start_worker("--max-retry-per-task", "0", "--concurrency", "2")
     wait_until(lambda: failing in queue.list_state("failed") and queue.counts()["finished"] == 41, what="ran")
-    queue.submit([f"shell:{i % 3}:0:0:echo later {i}" for i in range(5)] + ["builtin:5:0:0:sleep 60"])
-    queue.submit([f"builtin:0:0:0:sleep 0.{i % 3 + 2} flow-{i}" for i in range(24)])  # a flow for the sparkline
-    wait_until(lambda: queue.counts()["in_progress"] >= 1, what="the sleeper runs")
+    queue.submit([f"shell:{i % 3}:0:0:echo later {i}" for i in range(5)] + [sleeper], job="sweep")
+    queue.submit([f"builtin:0:0:0:sleep 0.{i % 3 + 3} flow-{i}" for i in range(60)], job="nightly")  # a flow
+    wait_until(lambda: running_with(marker), what="the sleeper runs")
     # -- overview: counts in words, throughput line, workers --------------------------------------
     browser.get(console.url + "/")
     wait_until(lambda: samples(browser) >= 4, timeout=30, what="throughput samples, refreshed live")
@@ -89,6 +104,16 @@ def test_find_retry_and_watch_a_failed_task(browser: Any, console: Console, queu
     with pytest.raises(NoAlertPresentException):  # the <script> task never ran in the page
         browser.switch_to.alert.text  # noqa: B018
     shot(browser, "overview")
+    # -- jobs: progress and ETA; one job's failures ------------------------------------------------
+    browser.get(console.url + "/jobs")
+    wait_until(lambda: {"nightly", "sweep"} <= {e.text for e in browser.find_elements("css selector", "tr.job-row a")},
+               what="both jobs listed")  # fmt: skip
+    assert "ETA" in text_of(browser, "table.jobs")
+    shot(browser, "jobs")
+    browser.find_element("link text", "nightly").click()
+    eta = wait_until(lambda: re.fullmatch(r"\d+s|\d+m\d\ds|done", text_of(browser, "#job-eta")), what="an ETA")
+    assert eta and "zorglub-browser exploded" in text_of(browser, "table.tasks")
+    shot(browser, "job")
     browser.get(console.url + "/workers")
     assert "2 live of 2 registered" in text_of(browser, "#live")
     shot(browser, "workers")
@@ -124,3 +149,15 @@ def test_find_retry_and_watch_a_failed_task(browser: Any, console: Console, queu
     new_id = urllib.parse.urlsplit(browser.current_url).path.rsplit("/", 1)[1]
     assert text_of(browser, "#task-id") == new_id
     shot(browser, "task-finished")
+    # -- cancel the running sleeper from its page: its worker kills its process group ----------------
+    meta = queue.meta(sleeper)
+    assert meta is not None and running_with(marker)
+    browser.get(f"{console.url}/tasks/{meta[0]}?" + urllib.parse.urlencode({"line": sleeper}))
+    assert text_of(browser, "#task-state") == "running"
+    browser.find_element("css selector", "#cancel").click()
+    browser.switch_to.alert.accept()  # "Cancel this task?"
+    wait_until(lambda: text_of(browser, "#task-state") == "cancelled", timeout=15, what="cancelled, live")
+    assert "cancelled" in text_of(browser, "#task-reason") and not running_with(marker)
+    assert sleeper in queue.list_state("cancelled") and browser.find_elements("css selector", "#cancel") == []
+    assert text_of(browser, "#task-worker") in ("w1", "w2")  # the worker that stopped it
+    shot(browser, "task-cancelled")

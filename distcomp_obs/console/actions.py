@@ -89,3 +89,42 @@ def retry_failed_job(q: Queue, name: str) -> dict[str, Any]:
     if views.job(q, name) is None:
         raise ActionError(404, f"no job {name!r}")
     return {"job": name, "retried": manager.retry_failed(q, job=name)}
+
+
+#: tasks per atomic script call in a bulk action
+BULK_BATCH = 500
+
+
+def _tally(words: list[str]) -> dict[str, int]:
+    counted: dict[str, int] = {}
+    for word in words:
+        counted[word] = counted.get(word, 0) + 1
+    return counted
+
+
+def bulk(q: Queue, action: str, lines: list[str]) -> dict[str, Any]:
+    """Retry, cancel or delete many tasks, BULK_BATCH to a script call. Each applies only where it
+    may (retry: failed; delete: finished or failed; cancel: waiting or running), atomically per
+    task, so a task that changed state meanwhile is counted `unchanged`, never wrongly acted on."""
+    result: dict[str, int] = {}
+    for start in range(0, len(lines), BULK_BATCH):
+        chunk = lines[start : start + BULK_BATCH]
+        if action == "cancel":
+            words = q.cancel(chunk, who=WHO)
+            for word, n in _tally(words).items():
+                result[word] = result.get(word, 0) + n
+            continue
+        if action == "retry":  # each back into its own job; a line not failed is not forgotten,
+            by_job: dict[str, list[str]] = {}  # and its resubmission is a duplicate: nothing added
+            for task, job in views.jobs_of(q, chunk).items():
+                by_job.setdefault(job, []).append(task)
+            done = 0
+            for job, tasks in by_job.items():
+                done += q.forget("failed", tasks)
+                q.submit(tasks, job=job)
+            word = "retried"
+        else:
+            done, word = q.forget("finished", chunk) + q.forget("failed", chunk), "deleted"
+        result[word] = result.get(word, 0) + done
+        result["unchanged"] = result.get("unchanged", 0) + len(chunk) - done
+    return {"action": action, "tasks": len(lines), "result": {k: v for k, v in result.items() if v}}

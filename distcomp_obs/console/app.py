@@ -7,9 +7,10 @@ trip never blocks the event loop.
 from __future__ import annotations
 
 import hmac
+import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from urllib.parse import parse_qs, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -28,9 +30,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from distcomp_obs.console import actions, auth, reads
 from distcomp_obs.console.sampler import Throughput, sparkline
-from distcomp_obs.queue import Queue
+from distcomp_obs.queue import Queue, views
 
 HERE = Path(__file__).resolve().parent
+#: at most this many ids in one bulk action
+BULK_IDS = 10_000
 SAFE_PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)*$")
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")  # fmt: skip
@@ -118,6 +122,13 @@ def _task_id(request: Request) -> int:
         raise HTTPException(404, "no such task") from None
 
 
+def _job(q: Queue, name: str) -> str:
+    """A `job` filter: "" for none; a job never submitted to is a 404."""
+    if name and views.job(q, name) is None:
+        raise HTTPException(404, f"no job {name!r}")
+    return name
+
+
 def _job_name(request: Request) -> str:
     name = str(request.path_params.get("name", ""))
     if not name:
@@ -148,11 +159,13 @@ def build_app(console: Console) -> Starlette:  # noqa: C901 - one closure per ro
 
     def tasks_ctx(request: Request) -> dict[str, Any]:
         state, text, cursor = _state(request), request.query_params.get("q", ""), _cursor(request)
-        got = reads.page_tasks(q, state, text, cursor)
-        nxt = None if got.cursor is None else urlencode({"state": state, "q": text, "cursor": got.cursor})
-        return {"state": state, "text": text, "cursor": cursor, "rows": got.rows, "next": got.cursor,
-                "next_query": nxt, "counts": q.counts(), "query": urlencode({"state": state, "q": text,
-                                                                            "cursor": cursor})}  # fmt: skip
+        job = _job(q, request.query_params.get("job", ""))
+        got = reads.page_tasks(q, state, text, cursor, job=job)
+        where = {"state": state, "q": text, **({"job": job} if job else {})}
+        nxt = None if got.cursor is None else urlencode({**where, "cursor": got.cursor})
+        return {"state": state, "text": text, "job": job, "cursor": cursor, "rows": got.rows, "next": got.cursor,
+                "next_query": nxt, "counts": q.counts(), "query": urlencode({**where, "cursor": cursor}),
+                "job_query": urlencode({"job": job}) if job else ""}  # fmt: skip
 
     def task_ctx(request: Request) -> dict[str, Any]:
         task_id = _task_id(request)
@@ -204,8 +217,8 @@ def build_app(console: Console) -> Starlette:  # noqa: C901 - one closure per ro
 
     def api_tasks(request: Request) -> Response:
         ctx = tasks_ctx(request)
-        return JSONResponse({"state": ctx["state"], "q": ctx["text"], "tasks": [r.json() for r in ctx["rows"]],
-                             "cursor": ctx["next"]})  # fmt: skip
+        return JSONResponse({"state": ctx["state"], "q": ctx["text"], "job": ctx["job"] or None,
+                             "tasks": [r.json() for r in ctx["rows"]], "cursor": ctx["next"]})  # fmt: skip
 
     def api_task(request: Request) -> Response:
         return JSONResponse(task_ctx(request)["task"].json())
@@ -243,6 +256,41 @@ def build_app(console: Console) -> Starlette:  # noqa: C901 - one closure per ro
         if out.get("id") is not None and "retried" in out:
             out["url"] = f"{base_of(request, console)}/tasks/{out['id']}?{urlencode({'line': out['line']})}"
         return out
+
+    def bulk_selection(params: dict[str, Any]) -> tuple[list[str], list[Any]]:
+        """The tasks a bulk action names: `ids` (a list), or `state` with optional `q` and `job`.
+        Returns their lines and the ids that name no task."""
+        ids = params.get("ids")
+        if ids is not None:
+            if not isinstance(ids, list) or len(ids) > BULK_IDS:
+                raise HTTPException(400, f"ids must be a list of at most {BULK_IDS} task ids")
+            found = reads.lines_of_ids(q, [str(i) for i in ids if str(i).isdigit()])
+            unknown = [i for i in ids if found.get(str(i)) is None]
+            return list(dict.fromkeys(line for line in found.values() if line is not None)), unknown
+        state = params.get("state")
+        if not state:
+            raise HTTPException(400, 'name the tasks: {"ids": [...]} or state=STATE (with q=TEXT, job=NAME)')
+        if state not in reads.STATES:
+            raise HTTPException(404, f"no such state {state!r} (one of {', '.join(reads.STATES)})")
+        job = _job(q, str(params.get("job") or ""))
+        return reads.select_all(q, state, str(params.get("q") or ""), job), []
+
+    def bulk(action: str) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            why = auth.refusal(request, console.token)
+            if why is not None:
+                return JSONResponse({"error": why}, status_code=403)
+            try:
+                body = json.loads(await request.body() or b"{}")
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                raise HTTPException(400, "the body must be a JSON object")
+            lines, unknown = await run_in_threadpool(bulk_selection, {**request.query_params, **body})
+            out = await run_in_threadpool(actions.bulk, q, action, lines)
+            return JSONResponse({**out, "unknown_ids": unknown})
+
+        return endpoint
 
     # --- login ------------------------------------------------------------------------------
     def login_form(request: Request) -> Response:
@@ -303,6 +351,9 @@ def build_app(console: Console) -> Starlette:  # noqa: C901 - one closure per ro
         Route("/fragments/{name}", fragment),
         Route("/api/overview", api_overview),
         Route("/api/tasks", api_tasks),
+        Route("/api/tasks/retry", bulk("retry"), methods=["POST"]),
+        Route("/api/tasks/cancel", bulk("cancel"), methods=["POST"]),
+        Route("/api/tasks/delete", bulk("delete"), methods=["POST"]),
         Route("/api/tasks/{task_id}", api_task),
         Route("/api/workers", api_workers),
         Route("/api/jobs", api_jobs),

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from distcomp_obs.queue import Queue, views
-from distcomp_obs.records import DoneRecord, Holding, parse_meta, unrunnable
+from distcomp_obs.records import DoneRecord, Holding, meta_job, parse_meta, unrunnable
+from distcomp_obs.runprogress import format_duration
 
 PAGE = 50
 STATES = ("todo", "in_progress", "finished", "failed", "cancelled")
@@ -22,7 +23,8 @@ WORDS = {"todo": "waiting", "in_progress": "running", "finished": "finished", "f
          "cancelled": "cancelled"}  # fmt: skip
 #: HSCAN COUNT when the failed reasons are searched client-side
 VALUE_SCAN_COUNT = 500
-SEARCH_BUDGET_S = 0.3
+#: a search page stops scanning after this long and hands back its cursor: pages answer in < 200 ms
+SEARCH_BUDGET_S = 0.15
 BRIEF = 160
 #: a job page lists at most this many of its failed tasks
 JOB_FAILURES = 100
@@ -86,12 +88,17 @@ def glob_pattern(text: str) -> str:
     return "*" + "".join(out) + "*"
 
 
-def _ids(q: Queue, lines: list[str]) -> list[int | None]:
-    """Each line's submit seq (its id): one HMGET for the page."""
+def _metas(q: Queue, lines: list[str]) -> list[tuple[int, str] | None]:
+    """Each line's (submit seq: its id, job), None if forgotten meanwhile: one HMGET."""
     if not lines:
         return []
     raw = q.r.hmget(q.keys.tasks, lines)
-    return [parse_meta(_text(v))[0] if v is not None else None for v in raw]
+    return [None if v is None else (parse_meta(_text(v))[0], meta_job(_text(v))) for v in raw]
+
+
+def _ids(q: Queue, lines: list[str]) -> list[int | None]:
+    """Each line's submit seq (its id): one HMGET for the page."""
+    return [None if m is None else m[0] for m in _metas(q, lines)]
 
 
 def _detail(state: str, value: str) -> str:
@@ -104,18 +111,19 @@ def _detail(state: str, value: str) -> str:
 
 
 def page_tasks(q: Queue, state: str, text: str = "", cursor: str = "0", limit: int = PAGE,
-               budget_s: float = SEARCH_BUDGET_S) -> Page:  # fmt: skip
-    """One page of a state's tasks, optionally those whose line (or, failed, reason) holds `text`."""
+               budget_s: float = SEARCH_BUDGET_S, job: str = "") -> Page:  # fmt: skip
+    """One page of a state's tasks, optionally those whose line (or, failed, reason) holds `text`,
+    and those of one `job` (their jobs by HMGET, with their ids)."""
     if state not in STATES:
         raise KeyError(state)
     deadline = time.monotonic() + budget_s
-    found: list[tuple[str, str]] = []
+    found: list[tuple[str, str, int | None]] = []
     scanned = 0
     pos = int(cursor or 0)
     value_search = bool(text) and state == "failed"
     needle = text.lower()
     match = glob_pattern(text) if text and not value_search else None
-    count = VALUE_SCAN_COUNT if text else limit
+    count = VALUE_SCAN_COUNT if text or job else limit
     while True:
         if state == "todo":
             pos, members = q.r.zscan(q.keys.todo_tasks, pos, match=match, count=count)
@@ -129,14 +137,14 @@ def page_tasks(q: Queue, state: str, text: str = "", cursor: str = "0", limit: i
             if value_search:
                 batch = [(k, v) for k, v in batch if needle in k.lower() or needle in v.lower()]
             batch = [(k, _detail(state, v)) for k, v in batch]
+        metas = _metas(q, [line for line, _ in batch])
+        found += [(line, detail, meta[0] if meta else None) for (line, detail), meta in zip(batch, metas, strict=True)
+                  if not job or (meta is not None and meta[1] == job)]  # fmt: skip
         scanned += 1
-        found += batch
         if pos == 0 or len(found) >= limit or time.monotonic() > deadline:
             break
-    found.sort(key=lambda pair: pair[0])
-    ids = _ids(q, [line for line, _ in found])
-    rows = [Row(i, line, state, detail) for (line, detail), i in zip(found, ids, strict=True)]
-    return Page(rows, None if pos == 0 else str(pos), scanned)
+    found.sort(key=lambda row: row[0])
+    return Page([Row(i, line, state, detail) for line, detail, i in found], None if pos == 0 else str(pos), scanned)
 
 
 def _priority(line: str) -> int | None:
@@ -206,7 +214,8 @@ def task_view(q: Queue, line: str) -> TaskView | None:
             view.stdout, view.reason = str(record.header.get("stdout", "")), record.body
         view.attempts.append(_attempt(record.header, view.reason))
     elif cancelled is not None:
-        view.state, view.reason = "cancelled", DoneRecord.parse(cancelled).body
+        record = DoneRecord.parse(cancelled)  # its header names the worker that stopped it, if one did
+        view.state, view.reason, view.worker = "cancelled", record.body, str(record.header.get("worker", ""))
     else:
         view.reason = last_reason or ""
     return view
@@ -255,16 +264,27 @@ def problems(classes: dict[str, int], workers: dict[str, dict[str, Any]], holdin
     return out
 
 
-def progress(counts: dict[str, int]) -> dict[str, Any]:
-    """A job's counters plus `done` (finished + failed + cancelled) and `percent` of those submitted."""
+def progress(counts: dict[str, int], rate_per_s: float | None = None) -> dict[str, Any]:
+    """A job's counters plus `done` (finished + failed + cancelled), `percent` of those submitted,
+    and its ETA (`views.eta`): `remaining`, `rate_per_s`, `eta_s`, and `eta` in words."""
     done = counts["finished"] + counts["failed"] + counts["cancelled"]
     pct = 100.0 * done / counts["submitted"] if counts["submitted"] else 100.0
-    return {**counts, "done": done, "percent": round(pct, 1)}
+    eta = views.eta(counts, rate_per_s)
+    return {**counts, "done": done, "percent": round(pct, 1), **eta, "eta": eta_words(eta["eta_s"])}
+
+
+def eta_words(eta_s: float | None) -> str:
+    if eta_s is None:
+        return "unknown"
+    return "done" if eta_s == 0 else format_duration(eta_s)
 
 
 def job_list(q: Queue) -> dict[str, dict[str, Any]]:
-    """Every job's counters (one HGETALL of the per-job counters), by name."""
-    return {name: progress(c) for name, c in sorted(views.jobs(q).items())}
+    """Every job's counters (one HGETALL of the per-job counters) and ETA (one bounded read of
+    the recent terminal transitions, only while a job has tasks left), by name."""
+    jobs = views.jobs(q)
+    rates = views.recent_rates(q) if any(c["pending"] for c in jobs.values()) else {}
+    return {name: progress(c, rates.get(name)) for name, c in sorted(jobs.items())}
 
 
 def job_failures(q: Queue, name: str, expected: int, limit: int = JOB_FAILURES) -> list[Row]:
@@ -290,4 +310,27 @@ def job_detail(q: Queue, name: str) -> dict[str, Any] | None:
     counts = views.job(q, name)
     if counts is None:
         return None
-    return {"job": name, **progress(counts), "failures": job_failures(q, name, counts["failed"])}
+    rate = views.recent_rates(q).get(name) if counts["pending"] else None
+    return {"job": name, **progress(counts, rate), "failures": job_failures(q, name, counts["failed"])}
+
+
+def lines_of_ids(q: Queue, ids: list[str]) -> dict[str, str | None]:
+    """id -> its task line (None: no such task), from the queue's id index: one HMGET per 1,000."""
+    out: dict[str, str | None] = {}
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start : start + 1000]
+        for task_id, line in zip(chunk, q.r.hmget(q.keys.task_ids, chunk), strict=True):
+            out[task_id] = None if line is None else _text(line)
+    return out
+
+
+def select_all(q: Queue, state: str, text: str = "", job: str = "") -> list[str]:
+    """Every task of a state (whose line, or failed reason, holds `text`; of `job`): the page scan
+    followed to its end, for a bulk action."""
+    lines: list[str] = []
+    cursor: str | None = "0"
+    while cursor is not None:
+        page = page_tasks(q, state, text, cursor, limit=1000, budget_s=1.0, job=job)
+        lines += [row.line for row in page.rows]
+        cursor = page.cursor
+    return lines

@@ -1,13 +1,19 @@
-"""Read models of single tasks: what `distcomp task ID` and the console show of one task.
+"""Read models of single tasks and of jobs: what `distcomp task ID`, `distcomp job NAME` and the
+console show of one task or job.
 
 A task is named by its id (its submit `seq`, kept in `task_ids`) or by its line. One pipelined
-round trip reads every record the task may have; nothing here walks a whole hash.
+round trip reads every record the task may have; nothing here walks a whole hash. A job's
+progress is its counters (O(1)); its ETA adds a bounded read of the newest terminal transitions.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
 
 from distcomp_obs.queue.core import Queue
 from distcomp_obs.records import NO_JOB, DoneRecord, Holding, TaskView, meta_job, parse_meta, todo_member
@@ -95,3 +101,76 @@ def jobs_of(q: Queue, tasks: list[str]) -> dict[str, str]:
             if raw is not None:
                 out[task] = meta_job(str(raw))
     return out
+
+
+#: a job's finish rate is measured over the terminal transitions of the last ETA_WINDOW_S seconds,
+#: reading at most ETA_MAX_TASKS of them (newest first): a bounded cost, however big the queue
+ETA_WINDOW_S = 300.0
+ETA_MAX_TASKS = 5000
+_EVENTS_PAGE = 100
+
+
+def _raw_client(q: Queue) -> redis.Redis:
+    """A client on the queue's connections whose XREVRANGE replies stay raw: redis-py turns an
+    entry's fields into a dict, and an event repeats its `task` field once per task."""
+    client: Any = q.r
+    if isinstance(client, RedisCluster):  # the node serving the queue's hash slot
+        client = client.get_node_from_key(q.keys.events).redis_connection  # type: ignore[no-untyped-call]
+    raw = redis.Redis(connection_pool=client.connection_pool)
+    raw.set_response_callback("XREVRANGE", lambda reply, **_: reply)
+    return raw
+
+
+def recent_rates(q: Queue, window_s: float = ETA_WINDOW_S, max_tasks: int = ETA_MAX_TASKS) -> dict[str, float]:
+    """job -> tasks it finished, failed or cancelled per second lately, from the newest `events`
+    entries (one per batch of terminal transitions, read newest first) and their tasks' jobs (HMGET).
+
+    A job's rate runs from its oldest batch read to now and counts the tasks of its later batches,
+    so a job needs two batches in the window to have a rate, and one that stalls sees it fall."""
+    now_ms = q.server_time_ms()
+    oldest = f"{max(0, now_ms - int(window_s * 1000))}-0"
+    raw, top = _raw_client(q), "+"
+    batches: list[tuple[int, list[str]]] = []  # (server ms, tasks), newest first
+    seen = 0
+    while seen < max_tasks:
+        entries: Any = raw.xrevrange(q.keys.events, top, oldest, count=_EVENTS_PAGE)
+        for entry_id, fields in entries:
+            tasks = [str(fields[i + 1]) for i in range(0, len(fields), 2) if fields[i] == "task"]
+            batches.append((int(str(entry_id).split("-", 1)[0]), tasks))
+            seen += len(tasks)
+            if seen >= max_tasks:  # a batch can be big (a worker reports many at once)
+                break
+        if len(entries) < _EVENTS_PAGE:
+            break
+        top = f"({entries[-1][0]}"
+    job_by_task = jobs_of(q, sorted({t for _, tasks in batches for t in tasks}))
+    first_ms: dict[str, int] = {}  # each job's oldest batch read
+    done: dict[str, int] = {}  # its tasks in the batches after that one
+    for at_ms, tasks in reversed(batches):
+        for name, n in Counter(job_by_task.get(t, NO_JOB) for t in tasks).items():
+            if name in first_ms:
+                done[name] = done.get(name, 0) + n
+            else:
+                first_ms[name] = at_ms
+    return {name: n / max(0.001, (now_ms - first_ms[name]) / 1000) for name, n in done.items()}
+
+
+def eta(counts: dict[str, int], rate_per_s: float | None) -> dict[str, Any]:
+    """A job's ETA from its O(1) counters and its recent rate: `remaining` (submitted less
+    finished, failed and cancelled), `rate_per_s`, `eta_s` (0 when nothing remains, None while
+    there is no rate: unknown)."""
+    remaining = max(0, counts["submitted"] - counts["finished"] - counts["failed"] - counts["cancelled"])
+    if remaining == 0:
+        eta_s: float | None = 0.0
+    else:
+        eta_s = remaining / rate_per_s if rate_per_s else None
+    return {"remaining": remaining, "rate_per_s": rate_per_s, "eta_s": eta_s}
+
+
+def job_eta(q: Queue, name: str, counts: dict[str, int] | None = None) -> dict[str, Any] | None:
+    """One job's ETA (`eta`), None for a job never submitted to: its counters (one HMGET, unless
+    given) and the recent terminal transitions (`recent_rates`, a bounded read)."""
+    counts = counts if counts is not None else job(q, name)
+    if counts is None:
+        return None
+    return eta(counts, recent_rates(q).get(name) if counts["pending"] else None)
