@@ -210,7 +210,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     q, _ = open_queue(args)
     counts = q.counts()
     out: dict[str, Any] = {
-        "counts": {k: counts[k] for k in ("todo", "in_progress", "finished", "failed")},
+        "counts": {k: counts[k] for k in ("todo", "in_progress", "finished", "failed", "cancelled")},
         "stats": q.stats(),
         "oldest_age_s": q.oldest_ages_s(),
     }
@@ -236,7 +236,8 @@ def _print_status(c: dict[str, int], lists: dict[str, dict[str, str]], cannot: d
                   ids: dict[str, str]) -> None:  # fmt: skip
     from distcomp_obs.records import resource_class
 
-    print(f"todo {c['todo']}  in progress {c['in_progress']}  finished {c['finished']}  failed {c['failed']}")
+    print(f"todo {c['todo']}  in progress {c['in_progress']}  finished {c['finished']}  failed {c['failed']}"
+          + (f"  cancelled {c['cancelled']}" if c["cancelled"] else ""))  # fmt: skip
     if cannot:
         n = sum(count for count, _ in cannot.values())
         print(f"{n} waiting task(s) no live worker can take (listed with their reason by --todo)")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from distcomp_obs.cli.common import _common, open_queue, print_json
 from distcomp_obs.errors import NotFound
+from distcomp_obs.runprogress import format_duration
 
 if TYPE_CHECKING:
     from distcomp_obs.cli.common import Subparsers
@@ -54,10 +55,12 @@ def cmd_job(args: argparse.Namespace) -> int:
     failed = q.list_state("failed") if counts["failed"] else {}
     jobs = views.jobs_of(q, list(failed))
     failures = {t: r for t, r in failed.items() if jobs.get(t) == args.name}
+    eta = views.job_eta(q, args.name, counts)  # remaining, rate_per_s, eta_s (None: unknown)
     if args.json:
-        print_json({"job": args.name, **counts, "failures": failures})
+        print_json({"job": args.name, **counts, **(eta or {}), "failures": failures})
         return 0
-    print(_progress(args.name, counts))
+    when = "unknown" if eta is None or eta["eta_s"] is None else format_duration(eta["eta_s"])
+    print(_progress(args.name, counts) + f", ETA {when}")
     for task, reason in sorted(failures.items()):
         print(f"  FAILED {task}\n         {reason.splitlines()[0] if reason else ''}")
     return 0
