@@ -584,7 +584,7 @@ def test_jobs_count_each_state_in_o1(tmp_path: Path, redis_url: str, prefix: str
     data = json.loads(out)
     assert code == 0 and (data["submitted"], data["finished"], data["failed"], data["pending"]) == (3, 1, 1, 1), data
     assert data["failures"] == {"shell:1:0:0:b": "disk full"}
-    assert data["remaining"] == 1 and data["eta_s"] == pytest.approx(1 / data["rate_per_s"]), data  # rate: recent events
+    assert data["remaining"] == 1 and data["eta_s"] == pytest.approx(1 / data["rate_per_s"]), data
     code, out, _ = cli(redis_url, prefix, "job", "sweep.txt")
     assert code == 0 and out.startswith("sweep.txt: 2/3 done") and ", ETA " in out and "ETA unknown" not in out, out
     code, out, _ = cli(redis_url, prefix, "jobs")
