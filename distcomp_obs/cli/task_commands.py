@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 from distcomp_obs.cli.common import _common, open_queue, print_json
 from distcomp_obs.errors import NotFound
-from distcomp_obs.runprogress import format_duration
 
 if TYPE_CHECKING:
     from distcomp_obs.cli.common import Subparsers
@@ -55,6 +54,8 @@ def cmd_job(args: argparse.Namespace) -> int:
     failed = q.list_state("failed") if counts["failed"] else {}
     jobs = views.jobs_of(q, list(failed))
     failures = {t: r for t, r in failed.items() if jobs.get(t) == args.name}
+    from distcomp_obs.runprogress import format_duration
+
     eta = views.job_eta(q, args.name, counts)  # remaining, rate_per_s, eta_s (None: unknown)
     if args.json:
         print_json({"job": args.name, **counts, **(eta or {}), "failures": failures})
