@@ -146,7 +146,8 @@ def _check_drained(url: str, q: Queue, lines: list[str], procs: list[WorkerProc]
     flags = ["--redis-url", url, "--prefix", q.keys.prefix]
     status = run_cli("status", *flags, "--json")
     assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout)["counts"] == {"todo": 0, "in_progress": 0, "finished": n, "failed": 0, "cancelled": 0}
+    drained = {"todo": 0, "in_progress": 0, "finished": n, "failed": 0, "cancelled": 0}
+    assert json.loads(status.stdout)["counts"] == drained
     check = run_cli("status", *flags, "--check", "--drained")
     assert check.returncode == 0, check.stdout + check.stderr
 
