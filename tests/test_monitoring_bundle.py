@@ -51,7 +51,6 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 # the recording rules defined in prometheus/rules and Prometheus's own series.
 HISTOGRAMS = {
     "distcomp_redis_roundtrip_seconds",
-    "distcomp_redis_roundtrip_commands",
     "distcomp_task_duration_seconds",
     "distcomp_task_queue_wait_seconds",
     "distcomp_task_buffer_wait_seconds",
@@ -93,7 +92,12 @@ PLAIN = {
     "up",
     "ALERTS",
 }
-CONTRACT = PLAIN | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
+SUMMARIES = {"distcomp_redis_roundtrip_commands"}  # _sum and _count only (no quantiles)
+CONTRACT = (
+    PLAIN
+    | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
+    | {m + s for m in SUMMARIES for s in ("_sum", "_count")}
+)
 
 EXPECTED_ALERTS = {
     "DistcompTasksFailing",
@@ -406,12 +410,18 @@ def test_no_hard_coded_job_in_boards():
 
 
 def test_every_rate_and_increase_uses_rate_interval():
+    """Time series use $__rate_interval; instant stats that judge the selected range use $__range
+    (the A/B board's counts and ratios), never a fixed window."""
     for name, b in boards().items():
-        for expr in panel_exprs(b):
-            for func in ("rate", "irate", "increase"):
-                for arg in function_calls(expr, func):
-                    ranges = re.findall(r"\[([^\]]*)\]", arg)
-                    assert ranges == ["$__rate_interval"], f"{name}: {func}() without $__rate_interval in {expr}"
+        for p in all_panels(b):
+            over_range = p["type"] == "stat" and all(t.get("instant") for t in p.get("targets", []))
+            allowed = [["$__rate_interval"], ["$__range"]] if over_range else [["$__rate_interval"]]
+            for t in p.get("targets", []):
+                expr = t.get("expr", "")
+                for func in ("rate", "irate", "increase"):
+                    for arg in function_calls(expr, func):
+                        ranges = re.findall(r"\[([^\]]*)\]", arg)
+                        assert ranges in allowed, f"{name}: {func}() with {ranges} in {p['title']}: {expr}"
 
 
 def test_histograms_are_heatmaps_and_latency_panels_have_exemplars():
@@ -424,6 +434,8 @@ def test_histograms_are_heatmaps_and_latency_panels_have_exemplars():
                 assert t["format"] == "heatmap" and t["legendFormat"] == "{{le}}", p["title"]
                 assert "_bucket" in t["expr"], p["title"]
         for p in all_panels(b):
+            if p["type"] == "stat":
+                continue  # one number over the range: no points to hang exemplars on
             for t in p.get("targets", []):
                 expr = t.get("expr", "")
                 if re.search(r"(?<![\w:])distcomp_(redis_roundtrip|task_duration)_seconds_bucket\{", expr):
