@@ -26,6 +26,7 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import time
 import urllib.parse
 from pathlib import Path
@@ -37,6 +38,10 @@ import yaml
 from distcomp_obs.bench.proxy import LatencyProxy
 from distcomp_obs.bench.workers import VARIANT_FLAGS
 from distcomp_obs.netutil import free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+import render_boards
+
 from tests.conftest import REPO, WorkerProc, distcomp_argv, require, run_cli, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -226,6 +231,17 @@ def test_board_verdicts_agree_with_bench(redis_url: str, prefix: str, tmp_path: 
                 assert len(result) == 1, (b, title, result)
                 value = float(result[0]["value"][1])
                 assert value < 0, f"B={b}: {title!r} shows the number {value}, not a 'no number' sentinel"
+
+        # The docs' pictures of the board come from this very run (tools/render_boards.py): the
+        # flag against the reference, and a B too slow for any per-task number.
+        out = Path(os.environ.get("DISTCOMP_RENDER_BOARDS") or tmp_path)
+        board = json.loads(BOARD.read_text())
+        rng = {**values, "__rate_interval": "10s", "__interval": "1s"}
+        for b, name in (("pipeline", "ab-board-pipeline.png"), ("baseline", "ab-board-starved.png")):
+            drawn = render_boards.render(
+                f"http://127.0.0.1:{prom_port}", board, {**rng, "b": b}, start, end, out / name
+            )
+            assert drawn >= 20 and (out / name).stat().st_size > 10_000, (name, drawn)
     except BaseException:
         print(live.logs())
         raise

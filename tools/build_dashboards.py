@@ -1041,10 +1041,11 @@ def ab_compare() -> dict:
     b.add(
         counts_stat(
             "Idle Redis commands/s per worker",
-            "Redis commands per second per worker while it had no busy slot over the rate interval: the price "
-            "of polling when there is no work (0 when a side was never idle).",
+            "Redis commands per second per worker that finished no task over the rate interval: the price "
+            "of polling when there is no work (0 when no worker of a side was idle).",
             f"(sum(sum by (instance) (rate(distcomp_redis_roundtrip_commands_sum{{{sel('{v}')}}}[{RI}])) "
-            f"and on (instance) (max by (instance) (distcomp_slots_busy{{{sel('{v}')}}}) == 0)) or vector(0)) / "
+            f"and on (instance) (sum by (instance) (rate(distcomp_tasks_completed_total{{{sel('{v}')}}}[{RI}])) == 0))"
+            " or vector(0)) / "
             f"{workers('{v}')}",
         ),
         w=6,
