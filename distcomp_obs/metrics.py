@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, disable_created_metrics
 
 # `_created` series double the series count and confuse users (celery-exporter #251, #304).
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -26,7 +26,6 @@ BUFFER_EVENTS = ("take", "refill")
 
 #: Loopback Redis answers in ~0.1 ms; the bench proxy injects 1-10 ms.
 ROUNDTRIP_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
-COMMANDS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 #: Resolve 1 ms (adaptive pickup) and 2 s (DistComp's fixed polling), reach an hour.
 WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
 #: 1 ms ... 4 h: simulations run for hours (a 10 s top bucket is Flower's #1 complaint).
@@ -87,11 +86,19 @@ class WorkerMetrics:
             ["op"],
             b["roundtrip"],
         )
-        self.redis_roundtrip_commands = hist(
-            "distcomp_redis_roundtrip_commands",
-            "Redis commands carried by one round trip (a script's inner calls count once): the batching signal.",
-            ["op"],
-            COMMANDS_BUCKETS,
+        # A summary, not a histogram: a round trip carries one command (a script counts once) or a
+        # small fixed pipeline, so per-round-trip buckets were 80 series that never moved. `_sum` is
+        # the command counter (commands per task), `_count` equals the round trips.
+        self.redis_roundtrip_commands = (
+            NULL
+            if registry is None
+            else Summary(
+                "distcomp_redis_roundtrip_commands",
+                "Redis commands sent, by operation (a script call counts once): _sum counts commands, "
+                "_count round trips.",
+                ["op"],
+                registry=registry,
+            )
         )
         self.redis_errors = counter(
             "distcomp_redis_errors_total",

@@ -21,7 +21,7 @@ from tests.test_exporter import http_get
 #: family -> (type, label names) the dashboards and rules rely on
 FAMILIES = {
     "distcomp_redis_roundtrip_seconds": ("histogram", {"op"}),
-    "distcomp_redis_roundtrip_commands": ("histogram", {"op"}),
+    "distcomp_redis_roundtrip_commands": ("summary", {"op"}),
     "distcomp_redis_errors": ("counter", {"op", "error"}),
     "distcomp_tasks_claimed": ("counter", set()),
     "distcomp_tasks_started": ("counter", {"type"}),
@@ -104,6 +104,8 @@ def test_worker_metrics_after_draining(queue: Queue, start_worker) -> None:
     assert sample(text, "distcomp_redis_roundtrip_commands_sum", op="claim") == sample(
         text, "distcomp_redis_roundtrip_commands_count", op="claim"
     )
+    # a summary without quantiles: per-round-trip buckets would never move (always 1 command)
+    assert "distcomp_redis_roundtrip_commands_bucket" not in text and 'quantile="' not in text
     assert sample(text, "distcomp_buffer_capacity_tasks") == 8
     assert sample(text, "distcomp_slots") == 2
     assert sample(text, "distcomp_buffer_occupancy_tasks_count", event="take") == 42

