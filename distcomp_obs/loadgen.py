@@ -197,7 +197,7 @@ def loadgen_main(
         file=sys.stderr,
         flush=True,
     )
-    result = generate(queues, rate, duration_s, mix, stop, seed, traced_submit, ramp_to, ramp_s)
+    result = generate(queues, rate, duration_s, mix, stop, seed, traced_submit, ramp_to, ramp_s or duration_s)
     print(
         f"loadgen: submitted {result['submitted']} ({result['added']} new) in {result['elapsed_s']:.1f} s "
         f"= {result['rate']:.1f} tasks/s{' per queue' if to else ''}; {result['by_kind']}",

@@ -61,7 +61,7 @@ COMPOSE = REPO / "docker-compose.yml"
 INTERVAL = "1s"  # scrape, rule evaluation and SD refresh
 FOR = "2s"  # every rule's `for:` in the test's copy
 RATE_INTERVAL = "30s"  # $__rate_interval
-LOADGEN_RATE = 20  # tasks/s (compose default 50; two CPUs are shared here)
+LOADGEN_RATE = 20  # tasks/s (compose default 0.3: the stack test wants traffic at once)
 LOADGEN_MIX = "noop=60,sleep=10,fail=20,shell=10"  # 20 % failing: DistcompTasksFailing needs >= 3 in 15 m
 MIN_SHARE_WITH_DATA = 0.8
 
@@ -359,7 +359,7 @@ def start_stack(stack: Stack, tmp: Path, app_env: dict[str, str], webhook: Webho
             distcomp_argv(*argv, "--name", name, *FAST), tmp / f"{name}.log", compose_env(service, app_env)
         )
     stack.start(
-        distcomp_argv(*compose_command("loadgen", {"${LOADGEN_RATE:-50}": str(LOADGEN_RATE)}), "--mix", LOADGEN_MIX),
+        distcomp_argv(*compose_command("loadgen", {"${LOADGEN_RATE:-0.3}": str(LOADGEN_RATE)}), "--mix", LOADGEN_MIX),
         tmp / "loadgen.log",
         compose_env("loadgen", app_env),
     )

@@ -156,10 +156,15 @@ def _add_loadgen(sub: Subparsers) -> None:
     text = "submit a steady mixed stream of unique tasks (for dashboards)"
     p = sub.add_parser("loadgen", help=text, description=f"{text[0].upper()}{text[1:]}, until --duration or SIGTERM.")
     _common(p)
-    p.add_argument("--rate", type=float, default=50.0, help="tasks per second")
+    p.add_argument("--rate", type=float, default=0.3,
+                   help="tasks per second (the default stays under one --baseline worker's capacity)")  # fmt: skip
     p.add_argument("--duration", type=float, default=0.0, metavar="SECONDS", help="how long; 0 = until SIGTERM")
-    p.add_argument("--mix", help="shares, e.g. noop=70,sleep=20,fail=3,shell=7 (the default)")
+    p.add_argument("--mix", help="shares, e.g. noop=80,sleep=10,fail=10 (default: noop=90,sleep=10, nothing failing)")
     p.add_argument("--seed", type=int, help="random seed (lines stay unique per run anyway)")
+    p.add_argument("--ramp-to", type=float, metavar="RATE",
+                   help="raise the rate linearly to RATE (finds each variant's capacity)")  # fmt: skip
+    p.add_argument("--ramp-seconds", type=float, default=0.0, metavar="SECONDS",
+                   help="over this long (default: --duration)")  # fmt: skip
     log_flags(p)
 
 
@@ -234,7 +239,7 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
     from distcomp_obs.loadgen import loadgen_main
 
     q, _ = open_queue(args)
-    return loadgen_main(q, args.rate, args.duration, args.mix, args.seed)
+    return loadgen_main(q, args.rate, args.duration, args.mix, args.seed, args.ramp_to, args.ramp_seconds)
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
