@@ -473,7 +473,7 @@ def test_alertmanager_inhibitions(tmp_path):
         wait_for(lambda: alert_states(base) == expected, 20, f"inhibition without RedisDown: {expected}")
 
         post_alerts(base, [
-            {"alertname": "DistcompRedisDown", "job": "distcomp-exporter", "instance": "e:9711", "severity": "critical"},
+            {"alertname": "DistcompRedisDown", "job": "distcomp-exporter", "instance": "e:1", "severity": "critical"},
             {"alertname": "DistcompNoLiveWorkers", **exporter, "severity": "critical"},
             {"alertname": "DistcompRedisErrors", "worker": "w3", "job": "distcomp-worker", "severity": "warning"},
         ])  # fmt: skip
