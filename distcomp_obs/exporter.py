@@ -34,8 +34,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ADDR = "127.0.0.1:9711"
 TASK_STATES = ("todo", "in_progress", "buffered", "failed", "finished")
-#: exporter counter -> field of the Redis `stats` hash (started = claimed by a worker)
-COUNTERS = {"submitted": "submitted", "started": "claimed", "finished": "finished", "failed": "failed"}
+#: exporter counter -> field of the Redis `stats` hash. `claimed`, not `started`: a claim may sit in a
+#: worker's prefetch buffer before it starts (the worker's own distcomp_tasks_started_total counts starts).
+COUNTERS = {"submitted": "submitted", "claimed": "claimed", "finished": "finished", "failed": "failed"}
+#: Redis read timeout of a scrape: a frozen Redis (reads hang) must cost a scrape well under
+#: Prometheus' scrape_timeout (4 s in the bundled config), so the scrape still answers, with redis_up 0.
+REDIS_TIMEOUT_S = 1.0
 #: /healthz trusts the last scrape this long; older (or none), it pings Redis itself
 HEALTH_FRESH_S = 15.0
 
@@ -75,9 +79,15 @@ class QueueCollector(Collector):
                 log.warning("exporter: collect failed: %s", self.last_error)
             self.last_at = time.monotonic()
             duration = time.perf_counter() - start
-            errors = self.errors
+            errors, ok = self.errors, self.last_ok
         if snaps:
             yield from _queue_metrics(snaps)
+        yield GaugeMetricFamily(
+            "distcomp_exporter_redis_up",
+            "1 if this scrape read every watched queue from Redis, 0 if a read failed or timed out (then no "
+            "queue series are served: the reason is in /healthz and the exporter's log).",
+            value=1 if ok else 0,
+        )
         yield GaugeMetricFamily(
             "distcomp_exporter_collect_duration_seconds", "Time this scrape spent reading Redis.", value=duration
         )
@@ -144,7 +154,7 @@ def _queue_metrics(snaps: list[tuple[str, Snapshot]]) -> Iterator[Metric]:
         name: CounterMetricFamily(
             f"distcomp_queue_tasks_{name}_total",
             f"Tasks {name} since the queue was created (kept in Redis by the atomic steps"
-            + ("; started = claimed by a worker" if name == "started" else "")
+            + ("; a task reclaimed after its worker died counts again" if name == "claimed" else "")
             + ").",
             labels=["queue"],
         )
@@ -171,6 +181,18 @@ def _queue_metrics(snaps: list[tuple[str, Snapshot]]) -> Iterator[Metric]:
         "clock may be off), kept until it is reaped or forgotten.",
         labels=["queue", "worker"],
     )
+    heartbeat_ages = GaugeMetricFamily(
+        "distcomp_worker_heartbeat_age_seconds",
+        "Seconds since each registered worker's last heartbeat, both ends by the Redis server's clock (no "
+        "clock of Prometheus, the exporter or the worker involved), kept until it is reaped or forgotten.",
+        labels=["queue", "worker"],
+    )
+    timeouts = GaugeMetricFamily(
+        "distcomp_queue_task_timeout_seconds",
+        "The longest task timeout (--task-timeout) among live workers; 0 when one runs tasks without a "
+        "timeout; absent when no live worker reports its timeout.",
+        labels=["queue"],
+    )
     for queue, snap in snaps:
         buffered = sum(int(w.get("buffered", 0)) for w in snap.workers.values())
         values = {**snap.counts, "buffered": buffered}
@@ -187,12 +209,27 @@ def _queue_metrics(snaps: list[tuple[str, Snapshot]]) -> Iterator[Metric]:
         for name, info in snap.workers.items():
             if "seen_ms" in info:
                 heartbeats.add_metric([queue, name], float(info["seen_ms"]) / 1000)
+                heartbeat_ages.add_metric([queue, name], max(0.0, snap.server_time_s - float(info["seen_ms"]) / 1000))
+        timeout = task_timeout_s(snap.workers)
+        if timeout is not None:
+            timeouts.add_metric([queue], timeout)
     yield tasks
     yield from counters.values()
     yield ages
     yield unrunnable_tasks
     yield workers
     yield heartbeats
+    yield heartbeat_ages
+    yield timeouts
+
+
+def task_timeout_s(workers: dict[str, dict[str, Any]]) -> float | None:
+    """The longest task timeout of the live workers (the stuck-task alert scales with it): 0 if any
+    of them runs tasks without one, None if none reports it (no live worker, or older workers)."""
+    reported = [float(w["task_timeout_s"]) for w in workers.values() if w.get("live") and "task_timeout_s" in w]
+    if not reported:
+        return None
+    return 0.0 if min(reported) <= 0 else max(reported)
 
 
 class Exporter:
@@ -200,9 +237,9 @@ class Exporter:
 
     def __init__(self, redis_url: str, prefixes: Sequence[str], addr: str = DEFAULT_ADDR) -> None:
         # check=False: start even while Redis is down (scrapes then report errors, /healthz 503).
-        # A short timeout keeps a scrape within Prometheus's scrape_timeout when Redis hangs.
+        # A short timeout keeps a scrape within Prometheus's scrape_timeout when Redis hangs (REDIS_TIMEOUT_S).
         self.redis_url = redis_url
-        self.client = connect(redis_url, timeout_s=2.0, check=False)
+        self.client = connect(redis_url, timeout_s=REDIS_TIMEOUT_S, check=False)
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self.collector = QueueCollector(self.client, prefixes)

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -165,7 +166,7 @@ def test_exporter_matches_status_and_counters_survive_restarts(
     assert value(m, "distcomp_queue_tasks", queue=q, state="buffered") == sum(w["buffered"] for w in workers.values())
     stats = status["stats"]
     assert value(m, "distcomp_queue_tasks_submitted_total", queue=q) == stats["submitted"] == 62
-    assert value(m, "distcomp_queue_tasks_started_total", queue=q) == stats["claimed"] == 62
+    assert value(m, "distcomp_queue_tasks_claimed_total", queue=q) == stats["claimed"] == 62
     assert value(m, "distcomp_queue_tasks_finished_total", queue=q) == stats["finished"] == 60
     assert value(m, "distcomp_queue_tasks_failed_total", queue=q) == stats["failed"] == 2
     assert value(m, "distcomp_workers", queue=q, state="live") == 1
@@ -174,7 +175,9 @@ def test_exporter_matches_status_and_counters_survive_restarts(
     assert abs(beat - workers["w1"]["time"]) < 5
     assert value(m, "distcomp_queue_oldest_task_age_seconds", queue=q, state="in_progress") == 0
     assert value(m, "distcomp_exporter_collect_errors_total") == 0
+    assert value(m, "distcomp_exporter_redis_up") == 1
     assert value(m, "distcomp_exporter_collect_duration_seconds") > 0
+    assert not [k for k in m if k[0] == "distcomp_queue_tasks_started_total"]  # renamed: it counts claims
     assert not [k for k in m if k[0].endswith("_created")]
 
     # The counters live in Redis: a new worker process and a new exporter process see the same.
@@ -182,7 +185,7 @@ def test_exporter_matches_status_and_counters_survive_restarts(
     exporter.stop()
     start_worker("--concurrency", "1", name="w1")
     again = start_exporter().scrape()
-    for name in ("submitted", "started", "finished", "failed"):
+    for name in ("submitted", "claimed", "finished", "failed"):
         key = f"distcomp_queue_tasks_{name}_total"
         assert value(again, key, queue=q) == value(m, key, queue=q), name
 
@@ -242,6 +245,7 @@ def test_healthz_follows_redis(restartable_redis: RedisServer, prefix: str, star
     restartable_redis.stop(kill=True)
     m = exporter.scrape()  # the scrape itself still answers, with the error counted and no queue numbers
     assert value(m, "distcomp_exporter_collect_errors_total") == 1
+    assert value(m, "distcomp_exporter_redis_up") == 0
     assert not [k for k in m if k[0] == "distcomp_queue_tasks"]
     code, _, body = http_get(exporter.base + "/healthz")
     assert code == 503 and "last collect failed" in body
@@ -254,7 +258,68 @@ def test_healthz_follows_redis(restartable_redis: RedisServer, prefix: str, star
 
     m = wait_until(collected, what="collect works again")
     assert value(m, "distcomp_exporter_collect_errors_total") >= 1
+    assert value(m, "distcomp_exporter_redis_up") == 1
     assert http_get(exporter.base + "/healthz")[0] == 200
+
+
+def test_frozen_redis_scrape_answers_in_time_with_redis_up_0(
+    restartable_redis: RedisServer, prefix: str, start_exporter
+) -> None:
+    """A frozen Redis (SIGSTOP: connections are accepted, reads hang) must not hang the scrape past
+    Prometheus' scrape_timeout (4 s bundled): it answers with redis_up 0, without queue series."""
+    Queue(connect(restartable_redis.url), prefix).submit(["builtin:1:0:0:noop 1"])
+    exporter = start_exporter(prefix, url=restartable_redis.url)
+    assert value(exporter.scrape(), "distcomp_exporter_redis_up") == 1
+    assert restartable_redis.process is not None
+    pid = restartable_redis.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(2):  # the first on the open connection, the next on a new one
+            started = time.monotonic()
+            m = exporter.scrape()
+            took = time.monotonic() - started
+            assert took < 3.0, f"scrape took {took:.1f}s with Redis frozen"
+            assert value(m, "distcomp_exporter_redis_up") == 0
+            assert not [k for k in m if k[0].startswith("distcomp_queue_")]
+        assert value(m, "distcomp_exporter_collect_errors_total") == 2
+        code, _, body = http_get(exporter.base + "/healthz")
+        assert code == 503 and "Timeout" in body, body
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    m = wait_until(lambda: (s := exporter.scrape()) and value(s, "distcomp_exporter_redis_up") == 1 and s,
+                   what="redis_up 1 after SIGCONT")  # fmt: skip
+    assert value(m, "distcomp_queue_tasks", queue=queue_label(prefix), state="todo") == 1
+
+
+def test_heartbeat_age_and_task_timeout_from_the_workers_status(queue: Queue, prefix: str, start_exporter) -> None:
+    """Heartbeat age by the Redis server's clock, and the stuck-task alert's input: the longest
+    `task_timeout_s` the live workers report (0 if one has none; absent if none reports it)."""
+    q = queue_label(prefix)
+    exporter = start_exporter()
+
+    def beat(name: str, **status: float) -> None:
+        queue.heartbeat(name, f"inc-{name}", 60_000, {"cores": 1, "mem_total_gb": 1.0, **status})
+
+    beat("old")  # a worker that does not report its timeout
+    m = exporter.scrape()
+    assert 0 <= value(m, "distcomp_worker_heartbeat_age_seconds", queue=q, worker="old") < 2
+    assert not [k for k in m if k[0] == "distcomp_queue_task_timeout_seconds"]
+
+    beat("a", task_timeout_s=600.0)
+    beat("b", task_timeout_s=900.0)
+    assert value(exporter.scrape(), "distcomp_queue_task_timeout_seconds", queue=q) == 900
+    beat("c", task_timeout_s=0.0)  # runs tasks without a timeout
+    assert value(exporter.scrape(), "distcomp_queue_task_timeout_seconds", queue=q) == 0
+
+    time.sleep(1.5)
+    beat("a", task_timeout_s=600.0)
+    m = exporter.scrape()
+    assert 1.4 <= value(m, "distcomp_worker_heartbeat_age_seconds", queue=q, worker="old") < 10
+    assert value(m, "distcomp_worker_heartbeat_age_seconds", queue=q, worker="a") < 1.4
+    ts = value(m, "distcomp_worker_last_heartbeat_timestamp_seconds", queue=q, worker="old")
+    server_now = float(queue.r.time()[0])
+    age = value(m, "distcomp_worker_heartbeat_age_seconds", queue=q, worker="old")
+    assert abs((server_now - ts) - age) < 2  # both by the Redis server's clock
 
 
 def commands_total(client: redis.Redis) -> dict[str, int]:

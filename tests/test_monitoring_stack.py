@@ -11,7 +11,9 @@ this test. Without Alertmanager the alerts are checked through Prometheus's /api
 
 Timing overrides, the promtool way: the test's copy of prometheus.yml scrapes, evaluates and refreshes
 SD every 1 s, and its copies of prometheus/rules/*.yml have every ``for:`` shortened to 2 s (the
-expressions are untouched); Alertmanager's copy has group_wait/group_interval of 1 s.
+expressions are untouched); Prometheus resends firing alerts every 2 s; Alertmanager's copy has
+group_wait/group_interval of 1 s. redis_exporter (Debian's ``prometheus-redis-exporter``, required
+under CI=true) is scraped as the ``redis`` job.
 The bundled files themselves are not modified.
 
 Checks, each by time-bounded polling:
@@ -24,6 +26,12 @@ Checks, each by time-bounded polling:
    every query not on an explicit allow-list of "can't have data in this run" panels must return
    series, and the failure message lists the empty ones;
 5. after ``kill -9`` of a worker, DistcompWorkerDown fires for it (and reaches the webhook).
+
+A second test freezes a redis-server of its own (SIGSTOP: connections are accepted, reads hang),
+first with no worker running, then with one in the middle of tasks: DistcompRedisDown must reach
+the webhook within 2 minutes each time (here seconds: the `for:` is short; promtool checks the
+bundled timings), the exporter must stay up, and after SIGCONT the alert resolves and every task
+finishes. It also checks the always-firing Watchdog reaches the webhook.
 """
 
 from __future__ import annotations
@@ -49,6 +57,9 @@ import pytest
 import yaml
 
 from distcomp_obs.netutil import free_port
+from distcomp_obs.queue import Queue
+from distcomp_obs.redis_io import connect
+from distcomp_obs.redis_server import RedisServer
 from tests.conftest import FAST, IN_CI, REPO, WorkerProc, distcomp_argv, require
 
 # Typically ~25 s; every wait is a bounded poll, and the whole test is capped here.
@@ -140,11 +151,17 @@ class Webhook:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def firing(self, alertname: str, **labels: str) -> list[dict[str, Any]]:
+        return self.received("firing", alertname, **labels)
+
+    def resolved(self, alertname: str, **labels: str) -> list[dict[str, Any]]:
+        return self.received("resolved", alertname, **labels)
+
+    def received(self, status: str, alertname: str, **labels: str) -> list[dict[str, Any]]:
         return [
             a
             for n in list(self.notifications)
             for a in n.get("alerts", [])
-            if a.get("status") == "firing"
+            if a.get("status") == status
             and a["labels"].get("alertname") == alertname
             and all(a["labels"].get(k) == v for k, v in labels.items())
         ]
@@ -179,9 +196,11 @@ def short_for(rule_text: str) -> str:
     return re.sub(r"(?m)^(\s+for:\s*)\S+\s*$", rf"\g<1>{FOR}", rule_text)
 
 
-def prometheus_config(tmp: Path, exporter_addr: str, prom_port: int, am_port: int | None) -> Path:
+def prometheus_config(tmp: Path, addresses: dict[str, str], am_port: int | None, interval: str = INTERVAL) -> Path:
+    """The bundled prometheus.yml with compose addresses (`exporter:9711`, `redis-exporter:9121`,
+    `alertmanager:9093`, `localhost:9090`) replaced by `addresses`, every interval `interval`."""
     config = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
-    config["global"].update(scrape_interval=INTERVAL, scrape_timeout=INTERVAL, evaluation_interval=INTERVAL)
+    config["global"].update(scrape_interval=interval, scrape_timeout=interval, evaluation_interval=INTERVAL)
     rules_dir = tmp / "rules"
     rules_dir.mkdir()
     for rule_file in sorted((PROM_DIR / "rules").glob("*.yml")):
@@ -191,12 +210,11 @@ def prometheus_config(tmp: Path, exporter_addr: str, prom_port: int, am_port: in
         config.pop("alerting", None)
     else:
         config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{am_port}"]
-    addresses = {"exporter:9711": exporter_addr, "localhost:9090": f"127.0.0.1:{prom_port}"}
     for job in config["scrape_configs"]:
         for sc in job.get("static_configs", []):
             sc["targets"] = [addresses[t] for t in sc["targets"]]
         for hsd in job.get("http_sd_configs", []):
-            hsd["url"] = hsd["url"].replace("exporter:9711", exporter_addr)
+            hsd["url"] = hsd["url"].replace("exporter:9711", addresses["exporter:9711"])
             hsd["refresh_interval"] = INTERVAL
     path = tmp / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
@@ -340,9 +358,20 @@ class Stack:
         return "\n".join(f"--- {p.log_path.name}\n{p.log()[-1500:]}" for p in self.procs)
 
 
+def start_worker(stack: Stack, tmp: Path, app_env: dict[str, str], variant: str) -> WorkerProc:
+    """compose's worker-<variant> service, named <variant>-1, metrics on a free loopback port."""
+    service = f"worker-{variant}"
+    argv = compose_command(service, {"0.0.0.0:9712": "127.0.0.1:0"})
+    assert f"--variant {variant}" in " ".join(argv)
+    name = f"{variant}-1"
+    return stack.start(distcomp_argv(*argv, "--name", name, *FAST), tmp / f"{name}.log", compose_env(service, app_env))
+
+
 def start_stack(stack: Stack, tmp: Path, app_env: dict[str, str], webhook: Webhook | None,
-                prometheus_bin: str, alertmanager_bin: str | None) -> tuple[Prom, dict[str, WorkerProc]]:  # fmt: skip
-    """Exporter, one worker per group, load generator (compose's commands), Alertmanager, Prometheus."""
+                prometheus_bin: str, alertmanager_bin: str | None, redis_exporter_bin: str | None,
+                load: bool = True, interval: str = INTERVAL) -> tuple[Prom, dict[str, WorkerProc]]:  # fmt: skip
+    """Exporter, redis_exporter, one worker per group and the load generator (compose's commands;
+    with load=False neither workers nor load), Alertmanager, Prometheus."""
     exporter_port = free_port()
     exporter = stack.start(
         distcomp_argv(*compose_command("exporter", {"0.0.0.0:9711": f"127.0.0.1:{exporter_port}"})),
@@ -350,19 +379,26 @@ def start_stack(stack: Stack, tmp: Path, app_env: dict[str, str], webhook: Webho
         compose_env("exporter", app_env),
     )
     wait_port(exporter_port, exporter)
+    redis_exporter_port = free_port()  # nothing listens there without the binary: a down target
+    if redis_exporter_bin:
+        redis_exporter = stack.start(
+            [redis_exporter_bin, "-redis.addr", app_env["DISTCOMP_REDIS_URL"],
+             "-web.listen-address", f"127.0.0.1:{redis_exporter_port}"],
+            tmp / "redis-exporter.log",
+            dict(os.environ),
+        )  # fmt: skip
+        wait_port(redis_exporter_port, redis_exporter)
     workers = {}
-    for service, variant in (("worker-baseline", "baseline"), ("worker-optimized", "optimized")):
-        argv = compose_command(service, {"0.0.0.0:9712": "127.0.0.1:0"})
-        assert f"--variant {variant}" in " ".join(argv)
-        name = f"{variant}-1"
-        workers[variant] = stack.start(
-            distcomp_argv(*argv, "--name", name, *FAST), tmp / f"{name}.log", compose_env(service, app_env)
+    if load:
+        for variant in ("baseline", "optimized"):
+            workers[variant] = start_worker(stack, tmp, app_env, variant)
+        stack.start(
+            distcomp_argv(
+                *compose_command("loadgen", {"${LOADGEN_RATE:-0.3}": str(LOADGEN_RATE)}), "--mix", LOADGEN_MIX
+            ),
+            tmp / "loadgen.log",
+            compose_env("loadgen", app_env),
         )
-    stack.start(
-        distcomp_argv(*compose_command("loadgen", {"${LOADGEN_RATE:-0.3}": str(LOADGEN_RATE)}), "--mix", LOADGEN_MIX),
-        tmp / "loadgen.log",
-        compose_env("loadgen", app_env),
-    )
 
     am_port = None
     if alertmanager_bin and webhook:
@@ -380,13 +416,22 @@ def start_stack(stack: Stack, tmp: Path, app_env: dict[str, str], webhook: Webho
         )
         wait_port(am_port, am)
     prom_port = free_port()
+    addresses = {
+        "exporter:9711": f"127.0.0.1:{exporter_port}",
+        "redis-exporter:9121": f"127.0.0.1:{redis_exporter_port}",
+        "alertmanager:9093": f"127.0.0.1:{am_port or free_port()}",
+        "localhost:9090": f"127.0.0.1:{prom_port}",
+    }
     prom_proc = stack.start(
         [
             prometheus_bin,
-            f"--config.file={prometheus_config(tmp, f'127.0.0.1:{exporter_port}', prom_port, am_port)}",
+            f"--config.file={prometheus_config(tmp, addresses, am_port, interval)}",
             f"--storage.tsdb.path={tmp / 'prometheus-data'}",
             f"--web.listen-address=127.0.0.1:{prom_port}",
             "--enable-feature=exemplar-storage",
+            # An alert that fired before Alertmanager was discovered (the Watchdog, at once) is sent
+            # again only after the resend delay: 1 minute by default.
+            "--rules.alert.resend-delay=2s",
         ],
         tmp / "prometheus.log",
         dict(os.environ),
@@ -469,7 +514,7 @@ def check_failing_alert(prom: Prom, webhook: Webhook | None, queue_name: str) ->
             30,
             "DistcompTasksFailing delivered by Alertmanager to the webhook",
         )
-        assert alert["annotations"]["runbook_url"] == "docs/ALERTS.md#distcomptasksfailing"
+        assert alert["annotations"]["runbook_url"].endswith("/docs/ALERTS.md#distcomptasksfailing"), alert
 
 
 def check_boards(prom: Prom) -> None:
@@ -512,20 +557,38 @@ def check_worker_down(prom: Prom, webhook: Webhook | None, victim: WorkerProc) -
         )
 
 
-def test_compose_stack_natively(redis_url: str, prefix: str, queue, tmp_path: Path) -> None:
+def binaries() -> tuple[str, str | None, str | None]:
+    """prometheus (required), prometheus-alertmanager and prometheus-redis-exporter (required in CI)."""
     prometheus_bin = shutil.which("prometheus")
     require(prometheus_bin is not None, "prometheus (Debian package: prometheus)")
     assert prometheus_bin is not None
     alertmanager_bin = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
     if alertmanager_bin is None and IN_CI:
         require(False, "prometheus-alertmanager (Debian package: prometheus-alertmanager)")
+    redis_exporter_bin = shutil.which("prometheus-redis-exporter") or shutil.which("redis_exporter")
+    if redis_exporter_bin is None and IN_CI:
+        require(False, "prometheus-redis-exporter (Debian package: prometheus-redis-exporter)")
+    return prometheus_bin, alertmanager_bin, redis_exporter_bin
 
+
+def check_redis_exporter(prom: Prom) -> None:
+    """redis_exporter is scraped under job="redis" and reads Redis (the Redis server alerts' input)."""
+    poll(lambda: prom.query('redis_up{job="redis"} == 1'), 30, 'redis_up{job="redis"} == 1')
+    assert prom.query('redis_memory_used_bytes{job="redis"}')
+
+
+def test_compose_stack_natively(redis_url: str, prefix: str, queue, tmp_path: Path) -> None:
+    prometheus_bin, alertmanager_bin, redis_exporter_bin = binaries()
     stack = Stack()
     webhook = Webhook() if alertmanager_bin else None
     app_env = {"DISTCOMP_REDIS_URL": redis_url, "DISTCOMP_PREFIX": prefix}
     try:
-        prom, workers = start_stack(stack, tmp_path, app_env, webhook, prometheus_bin, alertmanager_bin)
+        prom, workers = start_stack(
+            stack, tmp_path, app_env, webhook, prometheus_bin, alertmanager_bin, redis_exporter_bin
+        )
         check_discovery(prom)
+        if redis_exporter_bin:
+            check_redis_exporter(prom)
         check_recording_rules(prom)
         check_failing_alert(prom, webhook, prefix.rstrip(":"))
         check_boards(prom)
@@ -538,3 +601,74 @@ def test_compose_stack_natively(redis_url: str, prefix: str, queue, tmp_path: Pa
         if webhook:
             webhook.server.shutdown()
             webhook.server.server_close()
+
+
+#: The issue's bound: a Redis freeze pages within 2 minutes, with or without workers. (Here the
+#: `for:` is 2 s, so it takes seconds; the bundled timings are checked by promtool in
+#: prometheus/tests/alerts_test.yml: firing 1 minute after the freeze, + group_wait 10 s.)
+PAGE_WITHIN_S = 120.0
+OUTAGE_INTERVAL = "2s"  # scrape interval = timeout: above the exporter's 1 s Redis timeout, as 4 s is in the bundle
+
+
+def freeze_until_paged(prom: Prom, webhook: Webhook, redis_pid: int) -> float:
+    """SIGSTOP the redis-server (reads hang, connections are still accepted), wait until
+    DistcompRedisDown reaches the webhook, SIGCONT, wait until it resolves. Returns the seconds
+    from the freeze to the page."""
+    webhook.notifications.clear()
+    os.kill(redis_pid, signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    try:
+        (alert, *_) = poll(lambda: webhook.firing("DistcompRedisDown"), PAGE_WITHIN_S, "DistcompRedisDown paged")
+        paged_s = time.monotonic() - frozen_at
+        assert alert["labels"]["severity"] == "critical", alert
+        assert alert["annotations"]["runbook_url"].endswith("/docs/ALERTS.md#distcompredisdown"), alert
+        # The exporter kept answering (redis_up 0): this is not an exporter outage.
+        assert prom.query('up{job="distcomp-exporter"} == 1') and not prom.alerts("DistcompExporterDown")
+    finally:
+        os.kill(redis_pid, signal.SIGCONT)
+    poll(lambda: prom.query("distcomp_exporter_redis_up == 1"), 30, "redis_up 1 after SIGCONT")
+    poll(lambda: webhook.resolved("DistcompRedisDown"), 30, "DistcompRedisDown resolved at the webhook")
+    return paged_s
+
+
+def test_redis_outage_pages_with_and_without_workers(
+    restartable_redis: RedisServer, prefix: str, tmp_path: Path
+) -> None:
+    """A frozen Redis of the test's own pages (DistcompRedisDown at the Alertmanager webhook) within
+    2 minutes: first with no worker running, then with a worker in the middle of tasks, which all
+    finish once Redis is back."""
+    prometheus_bin, alertmanager_bin, redis_exporter_bin = binaries()
+    require(alertmanager_bin is not None, "prometheus-alertmanager (Debian package: prometheus-alertmanager)")
+    assert restartable_redis.process is not None
+    redis_pid = restartable_redis.process.pid
+    queue = Queue(connect(restartable_redis.url), prefix)
+    stack, webhook = Stack(), Webhook()
+    app_env = {"DISTCOMP_REDIS_URL": restartable_redis.url, "DISTCOMP_PREFIX": prefix}
+    try:
+        prom, _ = start_stack(stack, tmp_path, app_env, webhook, prometheus_bin, alertmanager_bin,
+                              redis_exporter_bin, load=False, interval=OUTAGE_INTERVAL)  # fmt: skip
+        waiting = [f"builtin:1:0:0:noop {i}" for i in range(5)]
+        queue.submit(waiting)
+        poll(lambda: prom.query('distcomp_queue_tasks{state="todo"} == 5'), 30, "the exporter scraped")
+        if redis_exporter_bin:
+            check_redis_exporter(prom)
+        poll(lambda: webhook.firing("Watchdog"), 30, "the Watchdog delivered: the pipeline works")
+
+        idle_s = freeze_until_paged(prom, webhook, redis_pid)
+
+        start_worker(stack, tmp_path, app_env, "optimized")
+        busy = [f"builtin:1:0:0:sleep 0.2 {i}" for i in range(40)]
+        queue.submit(busy)
+        poll(lambda: prom.query('distcomp_workers{state="live"} == 1'), 30, "the worker live")
+        poll(lambda: queue.counts()["finished"] >= 8, 30, "the worker running tasks")
+        busy_s = freeze_until_paged(prom, webhook, redis_pid)
+
+        poll(lambda: queue.counts()["finished"] == len(waiting) + len(busy), 60, "every task finished after")
+        print(f"DistcompRedisDown paged {idle_s:.1f} s after the freeze without workers, {busy_s:.1f} s with one")
+    except BaseException:
+        print(stack.logs())
+        raise
+    finally:
+        stack.stop()
+        webhook.server.shutdown()
+        webhook.server.server_close()

@@ -440,7 +440,7 @@ def overview() -> dict:
             TASKS_PER_S,
             targets(
                 (f"sum(rate(distcomp_queue_tasks_submitted_total{{{E}}}[{RI}]))", "submitted"),
-                (f"sum(rate(distcomp_queue_tasks_started_total{{{E}}}[{RI}]))", "started"),
+                (f"sum(rate(distcomp_queue_tasks_claimed_total{{{E}}}[{RI}]))", "claimed"),
                 (f"sum(rate(distcomp_queue_tasks_finished_total{{{E}}}[{RI}]))", "finished"),
                 (f"sum(rate(distcomp_queue_tasks_failed_total{{{E}}}[{RI}]))", "failed for good"),
             ),
@@ -523,13 +523,13 @@ def overview() -> dict:
     b.add(
         table(
             "Workers",
-            "One row per registered worker: heartbeat age (from the exporter, kept until reaped), variant and "
+            "One row per registered worker: heartbeat age (from the exporter, by Redis time, kept until reaped), variant and "
             "flags (distcomp_worker_info), busy/total slots, finished tasks per second and whether its "
             "metrics endpoint answers (up).",
             "short",
             targets(
                 (
-                    f"time() - max by ({by_worker}) (distcomp_worker_last_heartbeat_timestamp_seconds{{{E}}})",
+                    f"max by ({by_worker}) (distcomp_worker_heartbeat_age_seconds{{{E}}})",  # Redis time at both ends
                     "heartbeat age",
                 ),
                 (

@@ -130,6 +130,7 @@ class Chores:
             "prefetch": s.prefetch,
             "polling": s.polling,
             "poll_interval_s": s.poll_interval_s,
+            "task_timeout_s": s.task_timeout_s,  # the exporter's stuck-task threshold (DistcompTaskStuck)
             "metrics_url": self.metrics_url,
             "incarnation": self.incarnation,
             "stopping": self.stopping.is_set(),
