@@ -523,9 +523,9 @@ def overview() -> dict:
     b.add(
         table(
             "Workers",
-            "One row per registered worker: heartbeat age (from the exporter, by Redis time, kept until reaped), variant and "
-            "flags (distcomp_worker_info), busy/total slots, finished tasks per second and whether its "
-            "metrics endpoint answers (up).",
+            "One row per registered worker: heartbeat age (from the exporter, by Redis time, kept until "
+            "reaped), variant and flags (distcomp_worker_info), busy/total slots, finished tasks per second "
+            "and whether its metrics endpoint answers (up).",
             "short",
             targets(
                 (
