@@ -33,10 +33,16 @@ from distcomp_obs.redis_io import Client, connect, redact_url
 log = logging.getLogger(__name__)
 
 DEFAULT_ADDR = "127.0.0.1:9711"
-TASK_STATES = ("todo", "in_progress", "buffered", "failed", "finished")
+TASK_STATES = ("todo", "in_progress", "buffered", "failed", "finished", "cancelled")
 #: exporter counter -> field of the Redis `stats` hash. `claimed`, not `started`: a claim may sit in a
 #: worker's prefetch buffer before it starts (the worker's own distcomp_tasks_started_total counts starts).
-COUNTERS = {"submitted": "submitted", "claimed": "claimed", "finished": "finished", "failed": "failed"}
+COUNTERS = {
+    "submitted": "submitted",
+    "claimed": "claimed",
+    "finished": "finished",
+    "failed": "failed",
+    "cancelled": "cancelled",
+}
 #: Redis read timeout of a scrape: a frozen Redis (reads hang) must cost a scrape well under
 #: Prometheus' scrape_timeout (4 s in the bundled config), so the scrape still answers, with redis_up 0.
 REDIS_TIMEOUT_S = 1.0

@@ -203,7 +203,7 @@ class Heartbeat:
 class Snapshot:
     """Queue-level state read at once (the exporter's scrape)."""
 
-    counts: dict[str, int]  # todo, in_progress (buffered + running), finished, failed (for good)
+    counts: dict[str, int]  # todo, in_progress (buffered + running), finished, failed (for good), cancelled
     stats: dict[str, int]  # the Redis-kept counters: submitted, claimed, finished, failed, ...
     oldest_age_s: dict[str, float | None]  # todo, in_progress; None when empty
     workers: dict[str, dict[str, Any]]  # registered workers: last status + "live" (lease alive)

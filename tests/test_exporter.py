@@ -160,9 +160,9 @@ def test_exporter_matches_status_and_counters_survive_restarts(
     wait_until(lambda: workers_json(redis_url, prefix)["w1"]["finished"] == 60, what="heartbeat caught up")
 
     status, workers, m = status_json(redis_url, prefix), workers_json(redis_url, prefix), exporter.scrape()
-    for state in ("todo", "in_progress", "finished", "failed"):
+    for state in ("todo", "in_progress", "finished", "failed", "cancelled"):
         assert value(m, "distcomp_queue_tasks", queue=q, state=state) == status["counts"][state], state
-    assert status["counts"] == {"todo": 0, "in_progress": 0, "finished": 60, "failed": 2}
+    assert status["counts"] == {"todo": 0, "in_progress": 0, "finished": 60, "failed": 2, "cancelled": 0}
     assert value(m, "distcomp_queue_tasks", queue=q, state="buffered") == sum(w["buffered"] for w in workers.values())
     stats = status["stats"]
     assert value(m, "distcomp_queue_tasks_submitted_total", queue=q) == stats["submitted"] == 62
@@ -347,7 +347,7 @@ def test_scrape_cost_does_not_grow_with_the_queue(redis_url: str, prefix: str, q
     assert big == small, (small, big)
     # lengths, counters, TIME, the registry, and ages.lua: the classes, a step per (class,
     # priority) in use plus one, the oldest waiting task's submit time, the claimed tasks' values
-    assert sum(big.values()) <= 16, big
+    assert sum(big.values()) <= 17, big  # a handful of O(1) reads, whatever the length
     assert not {"cmdstat_hscan", "cmdstat_scan", "cmdstat_keys", "cmdstat_hkeys"} & set(big)
     assert value(exporter.scrape(), "distcomp_queue_tasks", queue=queue_label(prefix), state="todo") == 200_000
 

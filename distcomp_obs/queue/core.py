@@ -272,14 +272,16 @@ class Queue:
         pipe.hlen(k.in_progress_tasks)
         pipe.hlen(k.finished_tasks)
         pipe.hlen(k.failed_final)
+        pipe.hlen(k.cancelled_tasks)
         pipe.hgetall(k.stats)
         pipe.time()
         pipe.smembers(k.workers)
         pipe.smembers(k.todo_classes)
-        todo, running, finished, failed, stats, (sec, usec), names, classes = pipe.execute()
+        todo, running, finished, failed, cancelled, stats, (sec, usec), names, classes = pipe.execute()
         now_s = sec + usec / 1e6
+        counts = {"todo": todo, "in_progress": running, "finished": finished, "failed": failed, "cancelled": cancelled}
         return Snapshot(
-            counts={"todo": int(todo), "in_progress": int(running), "finished": int(finished), "failed": int(failed)},
+            counts={state: int(n) for state, n in counts.items()},
             stats={name: int(v) for name, v in stats.items()},
             oldest_age_s=ages,
             workers=self._statuses(sorted(names), held=False),
