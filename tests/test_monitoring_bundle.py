@@ -164,11 +164,11 @@ PROMQL_KEYWORDS = {
 # --------------------------------------------------------------------------- helpers
 
 
-def require_tool(name: str) -> str:
+def require_tool(name: str, package: str = "prometheus") -> str:
     path = shutil.which(name)
     if path:
         return path
-    msg = f"{name} not found (Debian package: prometheus)"
+    msg = f"{name} not found (Debian package: {package})"
     if IN_CI:
         pytest.fail(msg + "; CI must install it")
     pytest.skip(msg)
@@ -325,9 +325,7 @@ def test_promtool_test_rules():
 
 
 def test_amtool_check_alertmanager_config():
-    amtool = shutil.which("amtool")
-    if not amtool:
-        pytest.skip("amtool not installed (Debian package prometheus-alertmanager)")
+    amtool = require_tool("amtool", "prometheus-alertmanager")
     res = run([amtool, "check-config", str(PROM_DIR / "alertmanager.yml")])
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -396,18 +394,8 @@ def test_runbook_urls_are_rendered_from_the_base_setting():
         assert rule["annotations"]["runbook_url"] == f"https://wiki.example.com/ALERTS.md#{rule['alert'].lower()}"
 
 
-def require_alertmanager_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path:
-        return path
-    msg = f"{name} not found (Debian package: prometheus-alertmanager)"
-    if IN_CI:
-        pytest.fail(msg + "; CI must install it")
-    pytest.skip(msg)
-
-
 def test_alertmanager_routes_the_watchdog_to_its_own_receiver():
-    amtool = require_alertmanager_tool("amtool")
+    amtool = require_tool("amtool", "prometheus-alertmanager")
     config = f"--config.file={PROM_DIR / 'alertmanager.yml'}"
     for labels, receiver in ((["alertname=Watchdog", "severity=none"], "watchdog"),
                              (["alertname=DistcompRedisDown", "severity=critical"], "distcomp-webhook")):  # fmt: skip
@@ -436,7 +424,7 @@ def test_alertmanager_inhibitions(tmp_path):
     """The bundled inhibit_rules in a real Alertmanager: WorkerDown silences the same worker's
     HeartbeatStale (not another's); DistcompRedisDown silences the queue and Redis alerts it causes,
     never the Watchdog."""
-    binary = require_alertmanager_tool("prometheus-alertmanager")
+    binary = require_tool("prometheus-alertmanager", "prometheus-alertmanager")
     config = load_yaml(PROM_DIR / "alertmanager.yml")
     for receiver in config["receivers"]:  # nowhere to deliver: only the inhibition is under test
         for hook in receiver.get("webhook_configs", []):

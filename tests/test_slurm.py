@@ -170,16 +170,22 @@ def _wait_running(queue: Queue, n: int) -> str:
     return str(wait_until(running, timeout=60, interval=0.2, what=f"a worker running {n} tasks"))
 
 
+def _two_running(slurm: SlurmCluster, job_env: dict[str, str], queue: Queue, tmp_path: Path, lines: list[str]) -> str:
+    """Submit `lines`, sbatch the template with two slots (no idle exit), wait until both run: the job id."""
+    queue.submit(lines)
+    job = slurm.sbatch(f"--output={tmp_path}/%x-%j.out", f"--chdir={tmp_path}", "--cpus-per-task=1", "--time=5",
+                       str(TEMPLATE), "--concurrency", "2", "--exit-idle-after", "0", env=job_env)  # fmt: skip
+    _wait_running(queue, 2)
+    return job
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_scancel_returns_everything_the_worker_held(
     slurm: SlurmCluster, job_env: dict[str, str], queue: Queue, tmp_path: Path
 ) -> None:
     lines = [f"shell:1:0:0:sleep 120; echo long {i}" for i in range(8)]
-    queue.submit(lines)
-    job = slurm.sbatch(f"--output={tmp_path}/%x-%j.out", f"--chdir={tmp_path}", "--cpus-per-task=1", "--time=5",
-                       str(TEMPLATE), "--concurrency", "2", "--exit-idle-after", "0", env=job_env)  # fmt: skip
-    _wait_running(queue, 2)
+    job = _two_running(slurm, job_env, queue, tmp_path, lines)
     # plain scancel: SIGTERM to the worker and, Slurm signalling every process of the job, its tasks
     slurm.client("scancel", job)
     (record,) = slurm.wait_ended(job, timeout_s=60)
@@ -198,10 +204,7 @@ def test_scancel_batch_signal_drains_running_tasks(
     slurm: SlurmCluster, job_env: dict[str, str], queue: Queue, tmp_path: Path
 ) -> None:
     lines = [f"shell:1:0:0:sleep 4; echo drained {i}" for i in range(6)]
-    queue.submit(lines)
-    job = slurm.sbatch(f"--output={tmp_path}/%x-%j.out", f"--chdir={tmp_path}", "--cpus-per-task=1", "--time=5",
-                       str(TEMPLATE), "--concurrency", "2", "--exit-idle-after", "0", env=job_env)  # fmt: skip
-    _wait_running(queue, 2)
+    job = _two_running(slurm, job_env, queue, tmp_path, lines)
     # the graceful stop: SIGTERM to the batch shell (the worker) only, as the walltime signal does
     slurm.client("scancel", "--batch", "--signal=TERM", job)
     (record,) = slurm.wait_ended(job, timeout_s=60)

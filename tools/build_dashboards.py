@@ -854,36 +854,49 @@ def ab_compare() -> dict:
     b.add(counts_stat("Tasks finished in range", "Tasks finished by each side in the selected range.", fin), w=3)
 
     b.row("Protocol cost")
-    b.add(
-        overlaid(
-            "Redis round trips per finished task — A and B",
-            "Redis round trips per finished task (all operations), A blue, B orange. Pipelining makes a claim "
-            "and a report one round trip; prefetch claims several tasks per round trip.",
-            "short",
-            [
-                (
-                    f"sum(rate(distcomp_redis_roundtrip_seconds_count{{{sel('{v}')}}}[{RI}])) / "
-                    f'sum(rate(distcomp_tasks_completed_total{{{sel("{v}")}, outcome="finished"}}[{RI}]))',
-                    "round trips/task",
-                )
-            ],  # fmt: skip
-        ),
-        w=14,
-    )
-    rts = over_range("distcomp_redis_roundtrip_seconds_count", "{v}")
-    b.add(
-        ratio_stat(
-            "Round trips per task B/A",
-            "Round trips per finished task over the range, B/A (lower is better). " + not_enough,
-            gated(
-                f"({fill(rts, '$b')} / {fill(fin, '$b')}) / ({fill(rts, '$a')} / {fill(fin, '$a')})",
-                fin,
-                "$a",
-                "$b",
+
+    def per_task(metric: str, title: str, about: str, unit: str, legend: str, stat_title: str, stat_about: str) -> None:
+        """A per-finished-task cost: A and B overlaid over time, and their B/A over the range (gated)."""
+        b.add(
+            overlaid(
+                title,
+                about,
+                unit,
+                [
+                    (
+                        f"sum(rate({metric}{{{sel('{v}')}}}[{RI}])) / "
+                        f'sum(rate(distcomp_tasks_completed_total{{{sel("{v}")}, outcome="finished"}}[{RI}]))',
+                        legend,
+                    )
+                ],  # fmt: skip
             ),
-            LOWER_BETTER,
-        ),
-        w=4,
+            w=14,
+        )
+        cost = over_range(metric, "{v}")
+        b.add(
+            ratio_stat(
+                stat_title,
+                stat_about + " " + not_enough,
+                gated(
+                    f"({fill(cost, '$b')} / {fill(fin, '$b')}) / ({fill(cost, '$a')} / {fill(fin, '$a')})",
+                    fin,
+                    "$a",
+                    "$b",
+                ),
+                LOWER_BETTER,
+            ),
+            w=4,
+        )
+
+    per_task(
+        "distcomp_redis_roundtrip_seconds_count",
+        "Redis round trips per finished task — A and B",
+        "Redis round trips per finished task (all operations), A blue, B orange. Pipelining makes a claim "
+        "and a report one round trip; prefetch claims several tasks per round trip.",
+        "short",
+        "round trips/task",
+        "Round trips per task B/A",
+        "Round trips per finished task over the range, B/A (lower is better).",
     )
     b.add(
         counts_stat(
@@ -1008,35 +1021,14 @@ def ab_compare() -> dict:
     )
 
     b.row("Cost")
-    b.add(
-        overlaid(
-            "Worker CPU per finished task — A and B",
-            "Worker process CPU seconds per finished task, A blue, B orange.",
-            "s",
-            [
-                (
-                    f"sum(rate(process_cpu_seconds_total{{{sel('{v}')}}}[{RI}])) / "
-                    f'sum(rate(distcomp_tasks_completed_total{{{sel("{v}")}, outcome="finished"}}[{RI}]))',
-                    "CPU s/task",
-                )
-            ],  # fmt: skip
-        ),
-        w=14,
-    )
-    cpu = over_range("process_cpu_seconds_total", "{v}")
-    b.add(
-        ratio_stat(
-            "CPU per task B/A",
-            "Worker CPU seconds per finished task over the range, B/A (lower is better). " + not_enough,
-            gated(
-                f"({fill(cpu, '$b')} / {fill(fin, '$b')}) / ({fill(cpu, '$a')} / {fill(fin, '$a')})",
-                fin,
-                "$a",
-                "$b",
-            ),
-            LOWER_BETTER,
-        ),
-        w=4,
+    per_task(
+        "process_cpu_seconds_total",
+        "Worker CPU per finished task — A and B",
+        "Worker process CPU seconds per finished task, A blue, B orange.",
+        "s",
+        "CPU s/task",
+        "CPU per task B/A",
+        "Worker CPU seconds per finished task over the range, B/A (lower is better).",
     )
     b.add(
         counts_stat(
