@@ -20,6 +20,9 @@ from distcomp_obs.netutil import free_port
 
 #: the binaries the cluster and the tests need (Debian: apt-get install slurm-wlm munge)
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "squeue", "sinfo")
+#: PATH with the system directories the daemons live in (Debian puts munged, slurmctld and slurmd in
+#: /usr/sbin, which a non-login shell's PATH may lack)
+SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
 #: seconds between a job's SIGTERM and its SIGKILL when it is cancelled or runs out of time
 KILL_WAIT_S = 5
 #: job states of a job that has not ended (squeue -t)
@@ -71,7 +74,7 @@ class SlurmCluster:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "SLURM_CONF": str(self.conf)}
+        return {**os.environ, "PATH": SEARCH_PATH, "SLURM_CONF": str(self.conf)}
 
     def start(self, timeout_s: float = 60) -> SlurmCluster:
         for sub in ("munge", "state", "spool", "log"):

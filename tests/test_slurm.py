@@ -25,14 +25,14 @@ from distcomp_obs.cli.slurm import SBATCH_TEMPLATE, apply_slurm_defaults, sbatch
 from distcomp_obs.queue import Queue
 from distcomp_obs.records import DoneRecord
 from tests.conftest import REPO, require, run_cli, wait_until
-from tests.slurm_tools import BINARIES, SlurmCluster
+from tests.slurm_tools import BINARIES, SEARCH_PATH, SlurmCluster
 
 TEMPLATE = REPO / "deploy" / "slurm" / "distcomp-worker.sbatch"
 
 
 @pytest.fixture(scope="module")
 def slurm() -> Iterator[SlurmCluster]:
-    missing = [b for b in BINARIES if shutil.which(b) is None]
+    missing = [b for b in BINARIES if shutil.which(b, path=SEARCH_PATH) is None]
     require(not missing, f"Slurm and munge binaries {missing} (Debian: apt-get install slurm-wlm munge)")
     require(os.geteuid() == 0, "root: the test cluster runs with SlurmUser=root")
     cluster = SlurmCluster().start()
