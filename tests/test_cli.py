@@ -583,12 +583,13 @@ def test_jobs_count_each_state_in_o1(tmp_path: Path, redis_url: str, prefix: str
     code, out, _ = cli(redis_url, prefix, "job", "sweep.txt", "--json")
     data = json.loads(out)
     assert code == 0 and (data["submitted"], data["finished"], data["failed"], data["pending"]) == (3, 1, 1, 1), data
+    assert (data["todo"], data["in_progress"]) == (0, 1), data  # c: claimed above, not reported
     assert data["failures"] == {"shell:1:0:0:b": "disk full"}
     assert data["remaining"] == 1 and data["eta_s"] == pytest.approx(1 / data["rate_per_s"]), data
     code, out, _ = cli(redis_url, prefix, "job", "sweep.txt")
     assert code == 0 and out.startswith("sweep.txt: 2/3 done") and ", ETA " in out and "ETA unknown" not in out, out
     code, out, _ = cli(redis_url, prefix, "jobs")
-    assert "sweep.txt: 2/3 done (67 %): 1 finished, 1 failed, 0 cancelled, 1 waiting or running" in out, out
+    assert "sweep.txt: 2/3 done (67 %): 1 finished, 1 failed, 0 cancelled, 0 waiting, 1 claimed by workers" in out, out
     assert "other: 0/1 done" in out
     code, _, err = cli(redis_url, prefix, "job", "nope")
     assert code == 2 and "no job 'nope'" in err

@@ -29,7 +29,7 @@ def _progress(name: str, c: dict[str, int]) -> str:
     done = c["finished"] + c["failed"] + c["cancelled"]
     pct = 100.0 * done / c["submitted"] if c["submitted"] else 100.0
     return (f"{name}: {done}/{c['submitted']} done ({pct:.0f} %): {c['finished']} finished, {c['failed']} failed, "
-            f"{c['cancelled']} cancelled, {c['pending']} waiting or running")  # fmt: skip
+            f"{c['cancelled']} cancelled, {c['todo']} waiting, {c['in_progress']} claimed by workers")  # fmt: skip
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

@@ -2,8 +2,10 @@
 console show of one task or job.
 
 A task is named by its id (its submit `seq`, kept in `task_ids`) or by its line. One pipelined
-round trip reads every record the task may have; nothing here walks a whole hash. A job's
-progress is its counters (O(1)); its ETA adds a bounded read of the newest terminal transitions.
+round trip reads every record the task may have; nothing here walks a queue-sized hash. A job's
+progress is its counters (O(1)); its split of unfinished tasks into waiting and claimed walks the
+claims (as many as the workers hold, not the queue's length); its ETA adds a bounded read of the
+newest terminal transitions.
 """
 
 from __future__ import annotations
@@ -63,27 +65,43 @@ def task_view(q: Queue, ref: str) -> TaskView | None:
 JOB_COUNTERS = ("submitted", "finished", "failed", "cancelled")
 
 
-def _with_pending(counts: dict[str, int]) -> dict[str, int]:
+def claimed_by_job(q: Queue) -> Counter[str]:
+    """job -> its claimed tasks (buffered or running), from the claims' holding values: a walk of
+    in_progress_tasks, which holds at most what the workers' slots and buffers hold, whatever the
+    queue's length (the exporter's age read walks it too)."""
+    return Counter(Holding.parse(str(v)).job for v in q.r.hvals(q.keys.in_progress_tasks))
+
+
+def _with_pending(counts: dict[str, int], claimed: int) -> dict[str, int]:
+    """The counters, `pending` (the rest: waiting or claimed), and that split: `in_progress`
+    (claimed by a worker) and `todo` (waiting). A task claimed between the two reads may show as
+    claimed and its counter not yet moved, so the split is clamped to `pending`."""
     full = {c: counts.get(c, 0) for c in JOB_COUNTERS}
     full["pending"] = full["submitted"] - full["finished"] - full["failed"] - full["cancelled"]
+    full["in_progress"] = min(claimed, max(0, full["pending"]))
+    full["todo"] = max(0, full["pending"] - full["in_progress"])
     return full
 
 
 def jobs(q: Queue) -> dict[str, dict[str, int]]:
-    """job -> its counters (submitted, finished, failed, cancelled, and pending: the rest)."""
+    """job -> its counters (submitted, finished, failed, cancelled, and pending: the rest, split into
+    todo and in_progress)."""
     out: dict[str, dict[str, int]] = {}
     for field, n in q.r.hgetall(q.keys.jobs).items():
         job_name, _, counter = str(field).rpartition("\t")
         out.setdefault(job_name, {})[counter] = int(n)
-    return {name: _with_pending(c) for name, c in out.items()}
+    claimed = claimed_by_job(q) if out else Counter()
+    return {name: _with_pending(c, claimed[name]) for name, c in out.items()}
 
 
 def job(q: Queue, name: str) -> dict[str, int] | None:
-    """One job's counters in O(1), None if no task was ever submitted to it."""
+    """One job's counters (O(1): one HMGET, plus the walk of the claimed tasks for the split), None
+    if no task was ever submitted to it."""
     values = q.r.hmget(q.keys.jobs, [f"{name}\t{c}" for c in JOB_COUNTERS])
     if all(v is None for v in values):
         return None
-    return _with_pending({c: int(v or 0) for c, v in zip(JOB_COUNTERS, values, strict=True)})
+    counts = {c: int(v or 0) for c, v in zip(JOB_COUNTERS, values, strict=True)}
+    return _with_pending(counts, claimed_by_job(q)[name])
 
 
 def job_of(q: Queue, task: str) -> str:
