@@ -36,6 +36,17 @@ def require(condition: bool, what: str) -> None:
         pytest.skip(f"prerequisite missing: {what}")
 
 
+def terminate(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
+    """SIGTERM a test's server process and wait for it; SIGKILL it if it outlives `timeout`."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def wait_until(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while True:

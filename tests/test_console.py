@@ -20,7 +20,7 @@ import pytest
 from distcomp_obs.netutil import free_port
 from distcomp_obs.queue import Queue, views
 from distcomp_obs.records import ClaimLimits, Report
-from tests.conftest import REPO, distcomp_argv, run_cli, wait_until
+from tests.conftest import REPO, distcomp_argv, run_cli, terminate, wait_until
 
 TOKEN = "console-test-token-3f9a"
 
@@ -81,12 +81,7 @@ def start_console(redis_url: str, prefix: str, tmp_path: Path, token: str | None
 
 
 def stop(console: Console) -> None:
-    console.proc.terminate()
-    try:
-        console.proc.wait(10)
-    except subprocess.TimeoutExpired:
-        console.proc.kill()
-        console.proc.wait()
+    terminate(console.proc)
 
 
 @pytest.fixture

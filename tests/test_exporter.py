@@ -24,7 +24,7 @@ from distcomp_obs.netutil import free_port
 from distcomp_obs.queue import Queue, manager
 from distcomp_obs.redis_io import connect
 from distcomp_obs.redis_server import RedisServer
-from tests.conftest import REPO, distcomp_argv, require, run_cli, wait_until
+from tests.conftest import REPO, distcomp_argv, require, run_cli, terminate, wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -81,13 +81,7 @@ class ExporterProc:
         return json.loads(body)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self._log.close()
 
 

@@ -33,6 +33,7 @@ import pytest
 import yaml
 
 from distcomp_obs.netutil import free_port
+from tests.conftest import terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM_DIR = ROOT / "prometheus"
@@ -479,12 +480,7 @@ def test_alertmanager_inhibitions(tmp_path):
         }
         wait_for(lambda: alert_states(base) == expected, 20, f"inhibition by DistcompRedisDown: {expected}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        terminate(proc, 20)
         log.close()
 
 
@@ -727,12 +723,7 @@ def prometheus(tmp_path_factory):
         wait_for(ready, 60, "prometheus /-/ready")
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        terminate(proc, 20)
         log.close()
         for server in (worker, exporter):
             server.shutdown()
