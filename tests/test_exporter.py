@@ -388,3 +388,12 @@ def test_unfit_tasks_at_the_head_neither_block_nor_hide(
     assert status_json(redis_url, prefix)["unrunnable"]["100000:0"]["tasks"] == 250
     exporter = start_exporter()
     assert value(exporter.scrape(), "distcomp_queue_tasks_unrunnable", queue=queue_label(prefix)) == 250
+
+
+def test_a_real_workers_task_timeout_reaches_the_exporter(queue: Queue, prefix: str, start_exporter,
+                                                          start_worker) -> None:  # fmt: skip
+    """The stuck-task threshold's input comes from the workers' own heartbeats (`--task-timeout`)."""
+    exporter = start_exporter()
+    start_worker("--task-timeout", "45")
+    wait_until(lambda: queue.workers().get("w1", {}).get("task_timeout_s") == 45, what="the heartbeat says 45 s")
+    assert value(exporter.scrape(), "distcomp_queue_task_timeout_seconds", queue=queue_label(prefix)) == 45
