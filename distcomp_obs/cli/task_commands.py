@@ -46,6 +46,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_job(args: argparse.Namespace) -> int:
     from distcomp_obs.queue import views
+    from distcomp_obs.runprogress import format_duration
 
     q, _ = open_queue(args)
     counts = views.job(q, args.name)
@@ -54,8 +55,6 @@ def cmd_job(args: argparse.Namespace) -> int:
     failed = q.list_state("failed") if counts["failed"] else {}
     jobs = views.jobs_of(q, list(failed))
     failures = {t: r for t, r in failed.items() if jobs.get(t) == args.name}
-    from distcomp_obs.runprogress import format_duration
-
     eta = views.job_eta(q, args.name, counts)  # remaining, rate_per_s, eta_s (None: unknown)
     if args.json:
         print_json({"job": args.name, **counts, **(eta or {}), "failures": failures})

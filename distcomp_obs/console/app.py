@@ -169,10 +169,10 @@ def build_app(console: Console) -> Starlette:  # noqa: C901 - one closure per ro
 
     def task_ctx(request: Request) -> dict[str, Any]:
         task_id = _task_id(request)
-        line = reads.line_of(q, task_id, request.query_params.get("line"))
+        line = reads.line_of(q, task_id)
         view = reads.task_view(q, line) if line is not None else None
         if view is None:
-            raise HTTPException(404, f"no task with id {task_id}" + ("" if line else " (give ?line=TASK)"))
+            raise HTTPException(404, f"no task with id {task_id}")
         return {"task": view, "query": urlencode({"line": view.line})}
 
     def workers_ctx(request: Request) -> dict[str, Any]:
@@ -247,7 +247,7 @@ def build_app(console: Console) -> Starlette:  # noqa: C901 - one closure per ro
         return endpoint
 
     def one_task(request: Request) -> str:
-        line = reads.line_of(q, _task_id(request), request.query_params.get("line"))
+        line = reads.line_of(q, _task_id(request))
         if line is None:
             raise actions.ActionError(404, "no such task")
         return line
@@ -264,9 +264,9 @@ def build_app(console: Console) -> Starlette:  # noqa: C901 - one closure per ro
         if ids is not None:
             if not isinstance(ids, list) or len(ids) > BULK_IDS:
                 raise HTTPException(400, f"ids must be a list of at most {BULK_IDS} task ids")
-            found = reads.lines_of_ids(q, [str(i) for i in ids if str(i).isdigit()])
-            unknown = [i for i in ids if found.get(str(i)) is None]
-            return list(dict.fromkeys(line for line in found.values() if line is not None)), unknown
+            found = q.task_lines([str(i) for i in ids if str(i).isdigit()])
+            unknown = [i for i in ids if str(i) not in found]
+            return list(dict.fromkeys(found.values())), unknown
         state = params.get("state")
         if not state:
             raise HTTPException(400, 'name the tasks: {"ids": [...]} or state=STATE (with q=TEXT, job=NAME)')

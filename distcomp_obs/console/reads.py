@@ -89,11 +89,9 @@ def glob_pattern(text: str) -> str:
 
 
 def _metas(q: Queue, lines: list[str]) -> list[tuple[int, str] | None]:
-    """Each line's (submit seq: its id, job), None if forgotten meanwhile: one HMGET."""
-    if not lines:
-        return []
-    raw = q.r.hmget(q.keys.tasks, lines)
-    return [None if v is None else (parse_meta(_text(v))[0], meta_job(_text(v))) for v in raw]
+    """Each line's (submit seq: its id, job), None if forgotten meanwhile (`Queue.metas`)."""
+    metas = q.metas(lines)
+    return [(parse_meta(metas[line])[0], meta_job(metas[line])) if line in metas else None for line in lines]
 
 
 def _ids(q: Queue, lines: list[str]) -> list[int | None]:
@@ -154,22 +152,9 @@ def _priority(line: str) -> int | None:
         return None
 
 
-def line_of(q: Queue, task_id: int, line: str | None) -> str | None:
-    """The task line of an id: the queue's id index when it has one (`Queue.task_line`, else the
-    `task_ids` hash of record layout 4), else the `line` given, checked against its seq. None: no such task."""
-    index = getattr(q, "task_line", None)
-    if index is not None:
-        found = index(task_id)
-        return None if found is None else str(found)
-    ids_key = getattr(q.keys, "task_ids", None)
-    if ids_key is not None:
-        raw = q.r.hget(ids_key, str(task_id))
-        if raw is not None:
-            return _text(raw)
-    if not line:
-        return None
-    meta = q.meta(line)
-    return line if meta is not None and meta[0] == task_id else None
+def line_of(q: Queue, task_id: int) -> str | None:
+    """The task line of an id (the queue's id index), None: no such task."""
+    return q.task_line(str(task_id))
 
 
 def _attempt(header: dict[str, Any], reason: str) -> dict[str, Any]:
@@ -225,7 +210,7 @@ def overview(q: Queue) -> dict[str, Any]:
     """Counts, workers (with the tasks Redis says each holds) and the problems, in a few round trips
     (`Queue.snapshot` plus one walk of the claimed tasks, bounded by the workers' buffers)."""
     snap = q.snapshot()
-    counts = {**snap.counts, "cancelled": int(q.r.hlen(q.keys.cancelled_tasks))}
+    counts = snap.counts
     holdings = q.holdings()
     held: dict[str, int] = {}
     for holding in holdings.values():
@@ -312,16 +297,6 @@ def job_detail(q: Queue, name: str) -> dict[str, Any] | None:
         return None
     rate = views.recent_rates(q).get(name) if counts["pending"] else None
     return {"job": name, **progress(counts, rate), "failures": job_failures(q, name, counts["failed"])}
-
-
-def lines_of_ids(q: Queue, ids: list[str]) -> dict[str, str | None]:
-    """id -> its task line (None: no such task), from the queue's id index: one HMGET per 1,000."""
-    out: dict[str, str | None] = {}
-    for start in range(0, len(ids), 1000):
-        chunk = ids[start : start + 1000]
-        for task_id, line in zip(chunk, q.r.hmget(q.keys.task_ids, chunk), strict=True):
-            out[task_id] = None if line is None else _text(line)
-    return out
 
 
 def select_all(q: Queue, state: str, text: str = "", job: str = "") -> list[str]:

@@ -326,20 +326,31 @@ class Queue:
         key = {"finished": self.keys.finished_tasks, "failed": self.keys.failed_final}[state]
         return {_text(task): DoneRecord.parse(_text(v)) for task, v in self.r.hscan_iter(key, count=1000)}
 
+    def metas(self, lines: Sequence[str]) -> dict[str, str]:
+        """line -> its `tasks` value ("seq submitted_us job[ trace]") for the known ones, one HMGET per 1,000."""
+        return self._hmget(self.keys.tasks, lines)
+
     def ids(self, lines: Sequence[str]) -> dict[str, str]:
-        """line -> id (its submit seq) of these known tasks, one HMGET per 1,000."""
-        out: dict[str, str] = {}
-        for start in range(0, len(lines), SUBMIT_BATCH):
-            chunk = list(lines[start : start + SUBMIT_BATCH])
-            for line, meta in zip(chunk, self.r.hmget(self.keys.tasks, chunk), strict=True):
-                if meta is not None:
-                    out[line] = str(parse_meta(_text(meta))[0])
-        return out
+        """line -> id (its submit seq) of these known tasks."""
+        return {line: str(parse_meta(meta)[0]) for line, meta in self.metas(lines).items()}
+
+    def task_lines(self, task_ids: Sequence[str]) -> dict[str, str]:
+        """id -> the task line it names, for the ids of known tasks, one HMGET per 1,000."""
+        return self._hmget(self.keys.task_ids, task_ids)
 
     def task_line(self, task_id: str) -> str | None:
         """The task whose id (its submit seq) this is, None if unknown or forgotten."""
         line = self.r.hget(self.keys.task_ids, task_id)
         return _text(line) if line is not None else None
+
+    def _hmget(self, key: str, fields: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for start in range(0, len(fields), SUBMIT_BATCH):
+            chunk = list(fields[start : start + SUBMIT_BATCH])
+            for name, value in zip(chunk, self.r.hmget(key, chunk), strict=True):
+                if value is not None:
+                    out[name] = _text(value)
+        return out
 
     def meta(self, task: str) -> tuple[int, int, str] | None:
         """(seq, submitted µs, trace) of a known task, None if unknown."""

@@ -111,14 +111,8 @@ def job_of(q: Queue, task: str) -> str:
 
 
 def jobs_of(q: Queue, tasks: list[str]) -> dict[str, str]:
-    """task -> its job, for known tasks (one HMGET per 1,000)."""
-    out: dict[str, str] = {}
-    for start in range(0, len(tasks), 1000):
-        chunk = tasks[start : start + 1000]
-        for task, raw in zip(chunk, q.r.hmget(q.keys.tasks, chunk), strict=True):
-            if raw is not None:
-                out[task] = meta_job(str(raw))
-    return out
+    """task -> its job, for known tasks (`Queue.metas`: one HMGET per 1,000)."""
+    return {task: meta_job(meta) for task, meta in q.metas(tasks).items()}
 
 
 #: a job's finish rate is measured over the terminal transitions of the last ETA_WINDOW_S seconds,
