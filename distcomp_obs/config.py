@@ -15,7 +15,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -154,6 +154,18 @@ def normalise_prefix(prefix: str) -> str:
     empty prefix stays empty (and is rejected by validation)."""
     prefix = prefix.strip()
     return prefix if not prefix or prefix.endswith(":") else prefix + ":"
+
+
+def parse_prefixes(values: Sequence[str] | None, default: str) -> list[str]:
+    """--prefix a: --prefix b,c: -> [a:, b:, c:] (order kept, duplicates dropped; a prefix without a
+    trailing ':' gets one, as in Settings, so `jobs` and `jobs:` are one queue)."""
+    out: list[str] = []
+    for value in values or [default]:
+        for part in value.split(","):
+            part = normalise_prefix(part)
+            if part and part not in out:
+                out.append(part)
+    return out or [normalise_prefix(default)]
 
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:

@@ -24,7 +24,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from distcomp_obs import __version__
-from distcomp_obs.config import normalise_prefix
 from distcomp_obs.httpd import MetricsServer
 from distcomp_obs.queue import Queue
 from distcomp_obs.records import Snapshot, unrunnable
@@ -274,15 +273,3 @@ class Exporter:
         self.server.stop()
         log.info("exporter stopped")
         return 0
-
-
-def parse_prefixes(values: Sequence[str] | None, default: str) -> list[str]:
-    """--prefix a: --prefix b,c: -> [a:, b:, c:] (order kept, duplicates dropped; a prefix without a
-    trailing ':' gets one, as in Settings, so `jobs` and `jobs:` are one queue)."""
-    out: list[str] = []
-    for value in values or [default]:
-        for part in value.split(","):
-            part = normalise_prefix(part)
-            if part and part not in out:
-                out.append(part)
-    return out or [normalise_prefix(default)]

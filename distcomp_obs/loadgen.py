@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from distcomp_obs.config import parse_prefixes
 from distcomp_obs.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -58,15 +59,8 @@ def parse_mix(text: str | None) -> dict[str, float]:
 
 
 def split_prefixes(prefix: str) -> list[str]:
-    """'ab-base:,ab-pipe' -> ['ab-base:', 'ab-pipe:'] (order kept, duplicates dropped)."""
-    out: list[str] = []
-    for part in prefix.split(","):
-        part = part.strip()
-        if part and not part.endswith(":"):
-            part += ":"
-        if part and part not in out:
-            out.append(part)
-    return out
+    """'ab-base:,ab-pipe' -> ['ab-base:', 'ab-pipe:'] (order kept, duplicates dropped), as the exporter splits them."""
+    return parse_prefixes([prefix], prefix)
 
 
 def fan_out(q: Queue) -> list[Queue]:
@@ -197,7 +191,7 @@ def loadgen_main(
         file=sys.stderr,
         flush=True,
     )
-    result = generate(queues, rate, duration_s, mix, stop, seed, traced_submit, ramp_to, ramp_s or duration_s)
+    result = generate(queues, rate, duration_s, mix, stop, seed, traced_submit, ramp_to, ramp_s)
     print(
         f"loadgen: submitted {result['submitted']} ({result['added']} new) in {result['elapsed_s']:.1f} s "
         f"= {result['rate']:.1f} tasks/s{' per queue' if to else ''}; {result['by_kind']}",

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from distcomp_obs.config import load_settings, unknown_env
+from distcomp_obs.config import load_settings, parse_prefixes, unknown_env
 from distcomp_obs.errors import ConfigError
-from distcomp_obs.exporter import parse_prefixes, queue_label
+from distcomp_obs.exporter import queue_label
 from distcomp_obs.keys import Keys
 from distcomp_obs.logs import setup_logging
 from distcomp_obs.queue import Queue

@@ -19,7 +19,8 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from distcomp_obs.exporter import parse_prefixes, queue_label, sd_target
+from distcomp_obs.config import parse_prefixes
+from distcomp_obs.exporter import queue_label, sd_target
 from distcomp_obs.netutil import free_port
 from distcomp_obs.queue import Queue, manager
 from distcomp_obs.redis_io import connect

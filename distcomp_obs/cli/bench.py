@@ -169,7 +169,8 @@ def _add_loadgen(sub: Subparsers) -> None:
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:
-    from distcomp_obs.exporter import Exporter, parse_prefixes
+    from distcomp_obs.config import parse_prefixes
+    from distcomp_obs.exporter import Exporter
 
     # Settings validate the URL and the address and read DISTCOMP_* from the environment; --prefix
     # is a list here, so it is kept out of them. --metrics-addr always has a value (the exporter's
