@@ -540,6 +540,19 @@ def test_cancel_takes_waiting_tasks_out_and_leaves_done_ones(redis_url: str, pre
     assert json.loads(out)["state"] == "cancelled"
 
 
+def test_retry_one_task_keeps_it_in_its_job(redis_url: str, prefix: str, queue: Queue) -> None:
+    """`retry ID` resubmits the task into its own job, as retry-failed and the console do."""
+    queue.submit(["shell:1:0:0:s1"], job="sweep")
+    assert queue.acquire_lease("w", "i", 60_000)
+    queue.heartbeat("w", "i", 60_000, {"time": 0})
+    (held,) = queue.claim("w", "i", 1, ClaimLimits(8, 8)).tasks
+    queue.settle("w", "i", [Report(held.line, held.token, "failed", "boom")], 0, ClaimLimits(8, 8), 0)
+    code, out, _ = cli(redis_url, prefix, "retry", queue.ids([held.line])[held.line], "--json")
+    assert code == 0, out
+    sweep = json.loads(cli(redis_url, prefix, "job", "sweep", "--json")[1])
+    assert (sweep["submitted"], sweep["failed"], sweep["pending"]) == (1, 0, 1), sweep
+
+
 def test_retry_and_delete_act_on_one_task_by_id(redis_url: str, prefix: str, queue: Queue) -> None:
     """Issue 12: `retry ID` runs a failed (or cancelled) task again under a new id; `delete ID`
     forgets a done task; a task in another state says so and nothing changes (exit 1)."""

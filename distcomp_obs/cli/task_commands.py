@@ -188,6 +188,7 @@ CANCEL_WORDS = {
 
 def cmd_retry_or_delete(args: argparse.Namespace) -> int:
     """Per task: what happened, or why nothing did. Exit 1 when one task could not be acted on."""
+    from distcomp_obs.queue import manager
     from distcomp_obs.queue.views import task_view
 
     q, _ = open_queue(args)
@@ -199,13 +200,12 @@ def cmd_retry_or_delete(args: argparse.Namespace) -> int:
             result[ref] = "no such task"
         elif view.state not in allowed:
             result[ref] = f"{view.state.replace('_', ' ')}: nothing changed"
-        elif not q.forget(view.state, [view.line]):
-            result[ref] = "changed meanwhile: nothing done"
-        elif args.command == "retry":
-            q.submit([view.line])
+        elif args.command == "retry" and manager.retry(q, view.state, [view.line]):  # back into its job
             result[ref] = f"queued again as task {q.ids([view.line]).get(view.line, '?')}"
-        else:
+        elif args.command == "delete" and q.forget(view.state, [view.line]):
             result[ref] = "deleted"
+        else:
+            result[ref] = "changed meanwhile: nothing done"
     if args.json:
         print_json(result)
     else:

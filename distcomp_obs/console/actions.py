@@ -4,6 +4,7 @@ failed task, purge the finished ones; per job: cancel its waiting and running ta
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from distcomp_obs.console.reads import task_view
@@ -26,9 +27,8 @@ def retry(q: Queue, line: str) -> dict[str, Any]:
     if view.state != "failed":
         raise ActionError(409, f"only a failed task can be retried; this one is {view.state}")
     job = views.job_of(q, line)  # read before forgetting: the record that names it goes
-    if q.forget("failed", [line]) != 1:
+    if manager.retry(q, "failed", [line]) != 1:
         raise ActionError(409, "the task changed state meanwhile")
-    q.submit([line], job=job)
     meta = q.meta(line)
     return {"retried": 1, "line": line, "id": meta[0] if meta else None, "job": job}
 
@@ -95,36 +95,20 @@ def retry_failed_job(q: Queue, name: str) -> dict[str, Any]:
 BULK_BATCH = 500
 
 
-def _tally(words: list[str]) -> dict[str, int]:
-    counted: dict[str, int] = {}
-    for word in words:
-        counted[word] = counted.get(word, 0) + 1
-    return counted
-
-
 def bulk(q: Queue, action: str, lines: list[str]) -> dict[str, Any]:
     """Retry, cancel or delete many tasks, BULK_BATCH to a script call. Each applies only where it
     may (retry: failed; delete: finished or failed; cancel: waiting or running), atomically per
     task, so a task that changed state meanwhile is counted `unchanged`, never wrongly acted on."""
-    result: dict[str, int] = {}
+    result: Counter[str] = Counter()
     for start in range(0, len(lines), BULK_BATCH):
         chunk = lines[start : start + BULK_BATCH]
         if action == "cancel":
-            words = q.cancel(chunk, who=WHO)
-            for word, n in _tally(words).items():
-                result[word] = result.get(word, 0) + n
+            result.update(q.cancel(chunk, who=WHO))
             continue
-        if action == "retry":  # each back into its own job; a line not failed is not forgotten,
-            by_job: dict[str, list[str]] = {}  # and its resubmission is a duplicate: nothing added
-            for task, job in views.jobs_of(q, chunk).items():
-                by_job.setdefault(job, []).append(task)
-            done = 0
-            for job, tasks in by_job.items():
-                done += q.forget("failed", tasks)
-                q.submit(tasks, job=job)
-            word = "retried"
+        if action == "retry":  # each back into its own job
+            done, word = manager.retry(q, "failed", chunk), "retried"
         else:
             done, word = q.forget("finished", chunk) + q.forget("failed", chunk), "deleted"
-        result[word] = result.get(word, 0) + done
-        result["unchanged"] = result.get("unchanged", 0) + len(chunk) - done
+        result[word] += done
+        result["unchanged"] += len(chunk) - done
     return {"action": action, "tasks": len(lines), "result": {k: v for k, v in result.items() if v}}

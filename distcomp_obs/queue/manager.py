@@ -36,20 +36,36 @@ def _matching(tasks: dict[str, str], include: str) -> list[str]:
     return [t for t, detail in tasks.items() if not include or include in t or include in detail]
 
 
+def _by_job(q: Queue, tasks: list[str]) -> dict[str, list[str]]:
+    """The known ones of these tasks, grouped by job (read before a forget: the record naming it goes)."""
+    from distcomp_obs.queue.views import jobs_of
+
+    by_job: dict[str, list[str]] = {}
+    for task, task_job in jobs_of(q, tasks).items():
+        by_job.setdefault(task_job, []).append(task)
+    return by_job
+
+
 def retry_failed(q: Queue, include: str = "", job: str | None = None) -> int:
     """Put every failed-for-good task (whose line or reason holds `include`) back in todo with a
     clean failure history. The stats counters are never decremented (the exporter serves them as
     Prometheus counters, and a decrease reads as a reset): a retry counts as a new submission."""
-    from distcomp_obs.queue.views import jobs_of
-
-    by_job: dict[str, list[str]] = {}
-    for task, task_job in jobs_of(q, _matching(q.list_state("failed"), include)).items():
-        by_job.setdefault(task_job, []).append(task)
     retried = 0
-    for task_job, tasks in by_job.items():  # each back into its own job
-        if job is None or task_job == job:
+    for task_job, tasks in _by_job(q, _matching(q.list_state("failed"), include)).items():
+        if job is None or task_job == job:  # each back into its own job
             retried += _forget(q, "failed", tasks, after_each=functools.partial(_resubmit, q, task_job))
     return retried
+
+
+def retry(q: Queue, state: str, tasks: list[str]) -> int:
+    """Run these tasks again if they are in `state` (failed or cancelled): forget them and submit
+    them anew (new ids), each into its own job. A task in another state is not forgotten, and its
+    resubmission is a duplicate that adds nothing. Returns how many were forgotten."""
+    done = 0
+    for task_job, group in _by_job(q, tasks).items():
+        done += q.forget(state, group)
+        q.submit(group, job=task_job)
+    return done
 
 
 def _resubmit(q: Queue, job: str, tasks: list[str]) -> int:
