@@ -12,7 +12,6 @@ from distcomp_obs.errors import NotFound
 
 if TYPE_CHECKING:
     from distcomp_obs.cli.common import Subparsers
-    from distcomp_obs.queue import Queue
 
 
 def add_job_parsers(sub: Subparsers) -> None:
@@ -132,39 +131,24 @@ def add_cancel_parser(sub: Subparsers) -> None:
     _common(p)
     p.add_argument("refs", nargs="*", metavar="ID", help="task ids (submit numbers) or lines")
     p.add_argument("--job", metavar="NAME", help="also every waiting or claimed task of this job")
-    p.add_argument("--state", choices=LIVE_STATES, action="append", default=[],
+    p.add_argument("--state", choices=("todo", "in_progress"), action="append", default=[],
                    help="also every task in this state (todo: waiting; in_progress: claimed by a worker)")  # fmt: skip
     p.add_argument("--include", default="", metavar="TEXT",
                    help="with --job/--state: only tasks whose line holds TEXT")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
-LIVE_STATES = ("todo", "in_progress")
-
-
-def _selected(q: Queue, states: list[str], job: str | None, include: str) -> list[str]:
-    """The live tasks in these states (both, for a job), of that job, holding that text: a walk of
-    the states, a manager command, not a hot path."""
-    from distcomp_obs.queue import views
-
-    live = [t for state in states or LIVE_STATES for t in q.list_state(state) if include in t]
-    if job is None:
-        return live
-    jobs = views.jobs_of(q, live)
-    return [t for t in live if jobs.get(t) == job]
-
-
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Exit 0 when every task named was cancelled now or before; 1 when one could not be (done,
     running, unknown), each said on its own line."""
-    from distcomp_obs.queue.views import resolve
+    from distcomp_obs.queue.views import LIVE_STATES, live_tasks, resolve
 
     q, _ = open_queue(args)
     if not args.refs and not args.job and not args.state:
         raise NotFound("name the tasks to cancel (ids or lines), or --job NAME, or --state STATE")
     lines = {ref: resolve(q, ref) for ref in args.refs}
     if args.job or args.state:
-        lines.update({t: t for t in _selected(q, args.state, args.job, args.include)})
+        lines.update({t: t for t in live_tasks(q, args.state or LIVE_STATES, args.job, args.include)})
     known = [line for line in lines.values() if line is not None]
     words = dict(zip(known, q.cancel(known, who="distcomp cancel"), strict=True))
     result = {ref: (words[line] if line is not None else "unknown") for ref, line in lines.items()}

@@ -68,21 +68,11 @@ def cancel(q: Queue, line: str) -> dict[str, Any]:
     return {"cancel": word, "line": line}
 
 
-def job_tasks(q: Queue, name: str) -> list[str]:
-    """The waiting and claimed tasks of a job: a walk of both states (an action, not a page)."""
-    live = list(q.list_state("todo")) + list(q.list_state("in_progress"))
-    return [t for t, job in views.jobs_of(q, live).items() if job == name]
-
-
 def cancel_job(q: Queue, name: str) -> dict[str, Any]:
     if views.job(q, name) is None:
         raise ActionError(404, f"no job {name!r}")
-    tasks = job_tasks(q, name)
-    words = q.cancel(tasks, who=WHO) if tasks else []
-    counted: dict[str, int] = {}
-    for word in words:
-        counted[word] = counted.get(word, 0) + 1
-    return {"job": name, "tasks": len(tasks), "result": counted}
+    tasks = views.live_tasks(q, job=name)  # its waiting and claimed tasks
+    return {"job": name, "tasks": len(tasks), "result": dict(Counter(q.cancel(tasks, who=WHO)))}
 
 
 def retry_failed_job(q: Queue, name: str) -> dict[str, Any]:

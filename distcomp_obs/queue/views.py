@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -108,6 +109,19 @@ def job_of(q: Queue, task: str) -> str:
     """The job a known task belongs to (NO_JOB if none or unknown)."""
     raw = q.r.hget(q.keys.tasks, task)
     return meta_job(str(raw)) if raw is not None else NO_JOB
+
+
+LIVE_STATES = ("todo", "in_progress")
+
+
+def live_tasks(q: Queue, states: Sequence[str] = LIVE_STATES, job: str | None = None, include: str = "") -> list[str]:
+    """The tasks in these states (waiting, claimed), of that job, whose line holds `include`: a walk
+    of the states, for a manager command or a console action, not a page."""
+    live = [t for state in states for t in q.list_state(state) if include in t]
+    if job is None:
+        return live
+    jobs = jobs_of(q, live)
+    return [t for t in live if jobs.get(t) == job]
 
 
 def jobs_of(q: Queue, tasks: list[str]) -> dict[str, str]:
