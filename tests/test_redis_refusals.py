@@ -145,7 +145,7 @@ def test_a_report_lost_in_a_rollback_is_reconciled(own_redis: RedisServer, prefi
     so it runs again and ends recorded once, instead of staying in progress forever."""
     q = Queue(connect(own_redis.url), prefix)
     log = tmp_path / "exec.log"
-    slow = logged_task(0, log, first_run_s=2)
+    slow = logged_task(0, log, first_run_s=5)  # the SAVE must land before it ends, on a loaded machine too
     q.submit([slow])
     # a lease that outlives the rollback: the reaper has nothing to do, only reconciliation can
     w = start_worker("--concurrency", "1", "--prefetch", "0", "--lease", "60", name="w", url=own_redis.url)
