@@ -144,6 +144,12 @@ class Keys:
     def reap_lock(self) -> str:  # STRING NX PX: one reaper at a time (leaderless)
         return self._k("reap_lock")
 
+    def state_hash(self, state: str) -> str:
+        """The hash holding a claimed or done state's tasks: in_progress, finished, failed, cancelled."""
+        names = {"in_progress": "in_progress_tasks", "finished": "finished_tasks", "failed": "failed_final",
+                 "cancelled": "cancelled_tasks"}  # fmt: skip
+        return str(getattr(self, names[state]))
+
     def lease(self, worker: str) -> str:  # STRING incarnation, PX lease: liveness + name uniqueness
         return self._k(f"worker_lease:{worker}")
 

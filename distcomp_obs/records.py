@@ -146,20 +146,33 @@ class DoneRecord:
 
 @dataclass(slots=True)
 class TaskView:
-    """One task as `distcomp task` and the console show it (queue/views.py reads it)."""
+    """One task as `distcomp task`, the console and its API show it (`queue.views.task_view` reads it)."""
 
-    id: str  # its submit seq: short, stable until it is forgotten
+    id: int  # its submit seq: short, stable until it is forgotten
     line: str
     state: str  # todo | in_progress | finished | failed | cancelled (| unknown: in no state, see the audit)
-    priority: int
+    priority: int | None  # None: a line that does not parse (kept as submitted)
     submitted_s: float | None  # server time
-    worker: str = ""  # its holder while in progress
+    worker: str = ""  # its holder while in progress; who ran (or stopped) it once done
     started: bool = False  # in progress and reported started (not only buffered)
-    attempts: list[dict[str, Any]] = field(default_factory=list)  # each attempt's header: worker, at, ms, exit, reason
-    output: str = ""  # a finished task's stdout, a failed one's reason
+    claimed_ms: int | None = None  # in progress: when its holder claimed it (server ms)
+    #: each attempt's header (worker, `at`: server ms of its report, `ended_ms`, ms, exit, reason,
+    #: stdout/stderr tails), oldest first: the retried attempts, then the final one
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    stdout: str = ""  # a finished task's output; a failed one's stdout tail
+    stderr: str = ""  # the final attempt's stderr tail
+    reason: str = ""  # why it failed or was cancelled; while it waits or runs again, its last failure
 
     def as_json(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
+
+
+def attempt(header: dict[str, Any], reason: str = "") -> dict[str, Any]:
+    """An attempt as shown: its record header with `ended_ms` (the report's server time less how
+    long the worker held the result) and its reason, when it has one."""
+    at, ago = header.get("at"), header.get("ago_ms", 0)
+    ended = at - ago if isinstance(at, int) and isinstance(ago, int) else None
+    return {**header, "ended_ms": ended, **({"reason": reason} if reason else {})}
 
 
 @dataclass(slots=True)

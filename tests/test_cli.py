@@ -507,7 +507,7 @@ def test_task_shows_one_task_by_id_or_line(redis_url: str, prefix: str, queue: Q
     code, out, _ = cli(redis_url, prefix, "task", "shell:1:0:0:ko", "--json")
     data = json.loads(out)
     assert data["state"] == "failed" and data["attempts"][-1]["reason"].startswith("exit code 3"), data
-    assert data["id"] == str(queue.meta("shell:1:0:0:ko")[0])  # type: ignore[index]
+    assert data["id"] == queue.meta("shell:1:0:0:ko")[0]  # type: ignore[index]
     code, _, err = cli(redis_url, prefix, "task", "99999")
     assert code == 2 and "no task with id or line '99999'" in err, err
     assert audit(queue).ok

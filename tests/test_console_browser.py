@@ -152,7 +152,7 @@ def test_find_retry_cancel_and_watch_tasks(browser: Any, console: Console, queue
     # -- cancel the running sleeper from its page: its worker kills its process group ----------------
     meta = queue.meta(sleeper)
     assert meta is not None and running_with(marker)
-    browser.get(f"{console.url}/tasks/{meta[0]}?" + urllib.parse.urlencode({"line": sleeper}))
+    browser.get(f"{console.url}/tasks/{meta[0]}")
     assert text_of(browser, "#task-state") == "running"
     browser.find_element("css selector", "#cancel").click()
     browser.switch_to.alert.accept()  # "Cancel this task?"

@@ -77,3 +77,19 @@ def test_queue_commands_live_in_the_queue_package() -> None:
         if writes.search(line)
     ]
     assert offenders == []
+
+
+def test_queue_reads_go_through_the_queue_package() -> None:
+    """Outside queue/, only the audit (it checks the records, not the queue's read models) and the
+    worker's PING while Redis is away and CONFIG GET at start call a command on a Queue's client
+    (`q.r`): the console, CLI and exporter read through `Queue` and `queue.views`."""
+    allowed = {"audit.py", "worker/lifecycle.py:config_get", "worker/fetcher.py:ping"}
+    offenders = [
+        f"{rel}:{i}:{m.group(1)}"
+        for p in PACKAGE.rglob("*.py")
+        if "queue" not in (rel := p.relative_to(PACKAGE).as_posix()).split("/")[:-1] and rel not in allowed
+        for i, line in enumerate(p.read_text().splitlines(), start=1)
+        for m in re.finditer(r"\bq\.r\.(\w+)", line)
+        if f"{rel}:{m.group(1)}" not in allowed
+    ]
+    assert offenders == []

@@ -112,16 +112,17 @@ def cmd_task(args: argparse.Namespace) -> int:
     if view.worker:
         print(f"held by {view.worker} ({'running' if view.started else 'buffered or starting'})")
     for n, attempt in enumerate(view.attempts, start=1):
-        ended = attempt.get("at", 0) - attempt.get("ago_ms", 0) if isinstance(attempt.get("at"), int) else None
-        print(f"attempt {n}: worker {attempt.get('worker', '?')}, ended {_when(ended)}, "
+        print(f"attempt {n}: worker {attempt.get('worker', '?')}, ended {_when(attempt.get('ended_ms'))}, "
               f"{attempt.get('ms', '?')} ms, exit {attempt.get('exit', '-')}"
               + (f": {attempt['reason']}" if attempt.get("reason") else ""))  # fmt: skip
         for stream in ("stdout", "stderr"):
             if attempt.get(stream):
                 print(f"  {stream} tail: {attempt[stream]}")
-    if view.output and view.state == "finished":
+    if view.state == "cancelled" and view.reason:
+        print(f"cancelled: {view.reason}")
+    if view.stdout and view.state == "finished":
         print("output:")
-        print(view.output, end="" if view.output.endswith("\n") else "\n")
+        print(view.stdout, end="" if view.stdout.endswith("\n") else "\n")
     return 0
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from distcomp_obs.console.reads import task_view
 from distcomp_obs.queue import Queue, manager, views
 
 
@@ -21,7 +20,7 @@ class ActionError(Exception):
 
 def retry(q: Queue, line: str) -> dict[str, Any]:
     """A failed task: forget its records, submit it again (a new submission: a new id)."""
-    view = task_view(q, line)
+    view = views.task_view(q, line)
     if view is None:
         raise ActionError(404, "no such task")
     if view.state != "failed":
@@ -35,7 +34,7 @@ def retry(q: Queue, line: str) -> dict[str, Any]:
 
 def delete(q: Queue, line: str) -> dict[str, Any]:
     """A finished or failed task: forget it (the same line may then be submitted again)."""
-    view = task_view(q, line)
+    view = views.task_view(q, line)
     if view is None:
         raise ActionError(404, "no such task")
     if view.state not in ("finished", "failed"):

@@ -169,11 +169,10 @@ def build_app(console: Console) -> Starlette:  # noqa: C901 - one closure per ro
 
     def task_ctx(request: Request) -> dict[str, Any]:
         task_id = _task_id(request)
-        line = reads.line_of(q, task_id)
-        view = reads.task_view(q, line) if line is not None else None
+        view = views.task_view(q, str(task_id))
         if view is None:
             raise HTTPException(404, f"no task with id {task_id}")
-        return {"task": view, "query": urlencode({"line": view.line})}
+        return {"task": view}
 
     def workers_ctx(request: Request) -> dict[str, Any]:
         workers = q.workers()
@@ -221,7 +220,7 @@ def build_app(console: Console) -> Starlette:  # noqa: C901 - one closure per ro
                              "tasks": [r.json() for r in ctx["rows"]], "cursor": ctx["next"]})  # fmt: skip
 
     def api_task(request: Request) -> Response:
-        return JSONResponse(task_ctx(request)["task"].json())
+        return JSONResponse(task_ctx(request)["task"].as_json())
 
     def api_workers(request: Request) -> Response:
         return JSONResponse(q.workers())
@@ -247,14 +246,14 @@ def build_app(console: Console) -> Starlette:  # noqa: C901 - one closure per ro
         return endpoint
 
     def one_task(request: Request) -> str:
-        line = reads.line_of(q, _task_id(request))
+        line = q.task_line(str(_task_id(request)))
         if line is None:
             raise actions.ActionError(404, "no such task")
         return line
 
     def with_url(request: Request, out: dict[str, Any]) -> dict[str, Any]:
         if out.get("id") is not None and "retried" in out:
-            out["url"] = f"{base_of(request, console)}/tasks/{out['id']}?{urlencode({'line': out['line']})}"
+            out["url"] = f"{base_of(request, console)}/tasks/{out['id']}"
         return out
 
     def bulk_selection(params: dict[str, Any]) -> tuple[list[str], list[Any]]:

@@ -1,16 +1,16 @@
-"""The console's reads: pages of tasks by HSCAN/ZSCAN cursor, one task's record, the problems.
+"""The console's reads: pages of tasks by SCAN cursor, jobs, the problems (one task's record is
+`queue.views.task_view`, shared with `distcomp task`).
 
-Read-only, through `Queue`'s public read methods and its client (`q.r`) on the keys `q.keys`
-names. A page never walks a whole hash: it follows a SCAN cursor until it has `PAGE` rows, the
-cursor ends or its time budget is spent, and hands back the cursor to continue from.
+Read-only, through `Queue`'s read methods and `queue.views`. A page never walks a whole hash: it
+follows a SCAN cursor (`Queue.scan_state`) until it has `PAGE` rows, the cursor ends or its time
+budget is spent, and hands back the cursor to continue from.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, field
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any
 
 from distcomp_obs.queue import Queue, views
 from distcomp_obs.records import DoneRecord, Holding, meta_job, parse_meta, unrunnable
@@ -20,7 +20,7 @@ PAGE = 50
 STATES = ("todo", "in_progress", "finished", "failed", "cancelled")
 #: what each state is called on the pages
 WORDS = {"todo": "waiting", "in_progress": "running", "finished": "finished", "failed": "failed",
-         "cancelled": "cancelled"}  # fmt: skip
+         "cancelled": "cancelled", "unknown": "lost (in no state)"}  # fmt: skip
 #: HSCAN COUNT when the failed reasons are searched client-side
 VALUE_SCAN_COUNT = 500
 #: a search page stops scanning after this long and hands back its cursor: pages answer in < 200 ms
@@ -46,28 +46,6 @@ class Page:
     rows: list[Row]
     cursor: str | None  # where the next page starts; None: the scan is complete
     scanned: int = 0
-
-
-@dataclass
-class TaskView:
-    id: int | None
-    line: str
-    state: str
-    priority: int | None
-    submitted_s: float | None
-    worker: str = ""
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    stdout: str = ""
-    stderr: str = ""
-    reason: str = ""
-    holding: dict[str, Any] = field(default_factory=dict)
-
-    def json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def brief(text: str, limit: int = BRIEF) -> str:
@@ -123,15 +101,10 @@ def page_tasks(q: Queue, state: str, text: str = "", cursor: str = "0", limit: i
     match = glob_pattern(text) if text and not value_search else None
     count = VALUE_SCAN_COUNT if text or job else limit
     while True:
+        pos, batch = q.scan_state(state, pos, match, count)
         if state == "todo":
-            pos, members = q.r.zscan(q.keys.todo_tasks, pos, match=match, count=count)
-            lines = [_text(m).split("|", 2)[2] for m, _ in cast(list[tuple[str, float]], members)]
-            batch = [(line, f"priority {_priority(line)}") for line in lines if needle in line.lower()]
+            batch = [(line, f"priority {_priority(line)}") for line, _ in batch if needle in line.lower()]
         else:
-            key = {"in_progress": q.keys.in_progress_tasks, "finished": q.keys.finished_tasks,
-                   "failed": q.keys.failed_final, "cancelled": q.keys.cancelled_tasks}[state]  # fmt: skip
-            pos, fields = q.r.hscan(key, pos, match=match, count=count)
-            batch = [(_text(k), _text(v)) for k, v in cast(dict[str, str], fields).items()]
             if value_search:
                 batch = [(k, v) for k, v in batch if needle in k.lower() or needle in v.lower()]
             batch = [(k, _detail(state, v)) for k, v in batch]
@@ -150,60 +123,6 @@ def _priority(line: str) -> int | None:
         return int(line.split(":", 2)[1])
     except (IndexError, ValueError):
         return None
-
-
-def line_of(q: Queue, task_id: int) -> str | None:
-    """The task line of an id (the queue's id index), None: no such task."""
-    return q.task_line(str(task_id))
-
-
-def _attempt(header: dict[str, Any], reason: str) -> dict[str, Any]:
-    keep = {k: header.get(k) for k in ("worker", "at", "ms", "exit")}
-    return {**keep, "reason": reason}
-
-
-def task_view(q: Queue, line: str) -> TaskView | None:
-    """One task's record: state, priority, submit time, worker, attempts, output tails."""
-    k = q.keys
-    pipe = q.r.pipeline(transaction=False)
-    keys = (k.tasks, k.in_progress_tasks, k.finished_tasks, k.failed_final, k.attempt_log, k.task_fail_reason,
-            k.cancelled_tasks)  # fmt: skip
-    for key in keys:
-        pipe.hget(key, line)
-    values = (None if v is None else _text(v) for v in pipe.execute())
-    meta, held, finished, failed, log, last_reason, cancelled = values
-    if meta is None and held is None and finished is None and failed is None and cancelled is None:
-        return None
-    seq, submitted_us, _ = parse_meta(meta or "")
-    view = TaskView(seq if meta else None, line, "todo", _priority(line), submitted_us / 1e6 if submitted_us else None)
-    for raw in (log or "").splitlines():
-        try:
-            entry = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(entry, dict):
-            view.attempts.append(_attempt(entry, str(entry.get("reason", ""))))
-    if held is not None:
-        holding = Holding.parse(held)
-        view.state, view.worker = "in_progress", holding.worker
-        view.holding = {"worker": holding.worker, "claimed_ms": holding.claimed_ms, "started": holding.started}
-        view.reason = last_reason or ""
-    elif finished is not None or failed is not None:
-        view.state = "finished" if finished is not None else "failed"
-        record = DoneRecord.parse(finished if finished is not None else failed or "")
-        view.worker = str(record.header.get("worker", ""))
-        view.stderr = str(record.header.get("stderr", ""))
-        if finished is not None:
-            view.stdout = record.body
-        else:
-            view.stdout, view.reason = str(record.header.get("stdout", "")), record.body
-        view.attempts.append(_attempt(record.header, view.reason))
-    elif cancelled is not None:
-        record = DoneRecord.parse(cancelled)  # its header names the worker that stopped it, if one did
-        view.state, view.reason, view.worker = "cancelled", record.body, str(record.header.get("worker", ""))
-    else:
-        view.reason = last_reason or ""
-    return view
 
 
 def overview(q: Queue) -> dict[str, Any]:
@@ -279,8 +198,8 @@ def job_failures(q: Queue, name: str, expected: int, limit: int = JOB_FAILURES) 
     found: list[tuple[str, str]] = []
     pos = 0
     while want:
-        pos, fields = q.r.hscan(q.keys.failed_final, pos, count=VALUE_SCAN_COUNT)
-        batch = {_text(k): _text(v) for k, v in cast(dict[str, str], fields).items()}
+        pos, pairs = q.scan_state("failed", pos, None, VALUE_SCAN_COUNT)
+        batch = dict(pairs)
         jobs = views.jobs_of(q, list(batch))
         found += [(t, DoneRecord.parse(v).body) for t, v in batch.items() if jobs.get(t) == name]
         if pos == 0 or len(found) >= want:

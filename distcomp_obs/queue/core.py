@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 from redis.client import PubSub
@@ -318,13 +318,23 @@ class Queue:
             return {_text(m).split("|", 2)[2]: "" for m, _ in self.r.zscan_iter(k.todo_tasks, count=1000)}
         if state == "in_progress":
             return {task: held.worker for task, held in self.holdings().items()}
-        key = {"finished": k.finished_tasks, "failed": k.failed_final, "cancelled": k.cancelled_tasks}[state]
-        return {_text(task): DoneRecord.parse(_text(v)).body for task, v in self.r.hscan_iter(key, count=1000)}
+        return {task: record.body for task, record in self.records(state).items()}
+
+    def scan_state(self, state: str, cursor: int, match: str | None, count: int) -> tuple[int, list[tuple[str, str]]]:
+        """One SCAN step over a state's tasks (those whose line matches the glob `match`): the next
+        cursor (0: done) and (task, value) pairs: todo "", in_progress its holding, done states
+        their record. A page of the console follows this rather than reading a whole state."""
+        k = self.keys
+        if state == "todo":
+            cursor, members = self.r.zscan(k.todo_tasks, cursor, match=match, count=count)
+            return cursor, [(_text(m).split("|", 2)[2], "") for m, _ in cast(list[tuple[str, float]], members)]
+        cursor, fields = self.r.hscan(k.state_hash(state), cursor, match=match, count=count)
+        return cursor, [(_text(t), _text(v)) for t, v in cast(dict[str, str], fields).items()]
 
     def records(self, state: str) -> dict[str, DoneRecord]:
-        """task -> its done record, for "finished" or "failed" tasks."""
-        key = {"finished": self.keys.finished_tasks, "failed": self.keys.failed_final}[state]
-        return {_text(task): DoneRecord.parse(_text(v)) for task, v in self.r.hscan_iter(key, count=1000)}
+        """task -> its done record, for the "finished", "failed" or "cancelled" tasks."""
+        scan = self.r.hscan_iter(self.keys.state_hash(state), count=1000)
+        return {_text(task): DoneRecord.parse(_text(v)) for task, v in scan}
 
     def metas(self, lines: Sequence[str]) -> dict[str, str]:
         """line -> its `tasks` value ("seq submitted_us job[ trace]") for the known ones, one HMGET per 1,000."""

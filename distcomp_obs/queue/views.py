@@ -18,8 +18,9 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
+from distcomp_obs.errors import TaskLineError
 from distcomp_obs.queue.core import Queue
-from distcomp_obs.records import NO_JOB, DoneRecord, Holding, TaskView, meta_job, parse_meta, todo_member
+from distcomp_obs.records import NO_JOB, DoneRecord, Holding, TaskView, attempt, meta_job, parse_meta, todo_member
 from distcomp_obs.task import parse_line
 
 
@@ -32,33 +33,59 @@ def resolve(q: Queue, ref: str) -> str | None:
     return ref if q.r.hexists(q.keys.tasks, ref) else None
 
 
+def _attempts(log: str) -> list[dict[str, Any]]:
+    """The retried attempts' records (`attempt_log`: a JSON object per line), oldest first."""
+    out = []
+    for raw in log.splitlines():
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            out.append(attempt(entry, str(entry.get("reason", ""))))
+    return out
+
+
 def task_view(q: Queue, ref: str) -> TaskView | None:
-    """Everything known of one task, or None if `ref` names no known task."""
+    """Everything known of one task in one pipelined round trip (two for an id, and a third for a
+    task in no state), or None if `ref` names no known task."""
     line = resolve(q, ref)
     if line is None:
         return None
     k = q.keys
+    keys = (k.tasks, k.in_progress_tasks, k.finished_tasks, k.failed_final, k.cancelled_tasks, k.attempt_log,
+            k.task_fail_reason)  # fmt: skip
     pipe = q.r.pipeline(transaction=False)
-    for key in (k.tasks, k.in_progress_tasks, k.finished_tasks, k.failed_final, k.cancelled_tasks, k.attempt_log):
+    for key in keys:
         pipe.hget(key, line)
-    meta, holding, finished, failed, cancelled, log = pipe.execute()
+    values = [None if v is None else str(v) for v in pipe.execute()]
+    meta, holding, finished, failed, cancelled, log, last_reason = values
     if meta is None:  # forgotten meanwhile
         return None
-    seq, submitted_us, _ = parse_meta(str(meta))
-    priority = parse_line(line).priority
-    attempts: list[dict[str, Any]] = [json.loads(x) for x in str(log or "").splitlines() if x.strip()]
-    view = TaskView(str(seq), line, "todo", priority, submitted_us / 1e6 if submitted_us else None, attempts=attempts)
+    seq, submitted_us, _ = parse_meta(meta)
+    try:
+        priority: int | None = parse_line(line).priority
+    except TaskLineError:
+        priority = None
+    view = TaskView(seq, line, "todo", priority, submitted_us / 1e6 if submitted_us else None,
+                    attempts=_attempts(log or ""), reason=last_reason or "")  # fmt: skip
     if holding is not None:
-        held = Holding.parse(str(holding))
-        view.state, view.worker, view.started = "in_progress", held.worker, held.started
+        held = Holding.parse(holding)
+        view.state, view.worker = "in_progress", held.worker
+        view.started, view.claimed_ms = held.started, held.claimed_ms
     elif finished is not None or failed is not None:
-        record = DoneRecord.parse(str(finished if finished is not None else failed))
+        record = DoneRecord.parse(finished if finished is not None else failed or "")
         view.state = "finished" if finished is not None else "failed"
-        view.output = record.body
-        view.attempts.append({**record.header, **({"reason": record.body} if failed is not None else {})})
+        view.worker, view.stderr = str(record.header.get("worker", "")), str(record.header.get("stderr", ""))
+        if finished is not None:
+            view.stdout, view.reason = record.body, ""
+        else:
+            view.stdout, view.reason = str(record.header.get("stdout", "")), record.body
+        view.attempts.append(attempt(record.header, view.reason))
     elif cancelled is not None:
-        view.state, view.output = "cancelled", DoneRecord.parse(str(cancelled)).body
-    elif q.r.zscore(k.todo_tasks, todo_member(line, priority, seq)) is None:
+        record = DoneRecord.parse(cancelled)  # its header names the worker that stopped it, if one did
+        view.state, view.reason, view.worker = "cancelled", record.body, str(record.header.get("worker", ""))
+    elif priority is None or q.r.zscore(k.todo_tasks, todo_member(line, priority, seq)) is None:
         view.state = "unknown"  # known but in no state: the audit reports it as lost
     return view
 
