@@ -230,7 +230,7 @@ def _check_identity_and_protocol(s: Settings) -> None:
     if s.name and (not set(s.name) <= NAME_CHARS or len(s.name) > 128):
         raise ConfigError("name", s.name, "letters, digits and - _ . @ (at most 128)")
     if s.concurrency < 0 or s.concurrency > 4096:
-        raise ConfigError("concurrency", s.concurrency, "an integer from 1 to 4096 (0: one per CPU core)")
+        raise ConfigError("concurrency", s.concurrency, "an integer from 1 to 4096 (0: one per usable core)")
     if s.prefetch < 0 or s.prefetch > 10000:
         raise ConfigError("prefetch", s.prefetch, "an integer from 0 to 10000")
     if s.polling not in ("adaptive", "fixed"):
@@ -401,7 +401,9 @@ def load_settings(
         raise ConfigError("name", values["name"], "a non-empty worker name (leave it out for this host's name)")
     values.setdefault("name", socket.gethostname().split(".")[0])
     if not values.get("concurrency"):
-        values["concurrency"] = os.cpu_count() or 1
+        from distcomp_obs import machine  # psutil: only when a worker is configured, not for --help
+
+        values["concurrency"] = machine.cores()  # a container's or job's CPU limit, not the host's cores
     if isinstance(values.get("log_level"), str):
         values["log_level"] = values["log_level"].upper()
     if isinstance(values.get("log_format"), str):

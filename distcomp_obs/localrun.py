@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-import psutil
 import redis
 
+from distcomp_obs import machine
 from distcomp_obs.audit import AuditReport, audit
 from distcomp_obs.config import WORKER_SETTINGS_ENV, Settings, secret_env
 from distcomp_obs.errors import DistcompError
@@ -181,8 +181,8 @@ class Signals:
 
 
 def machine_limits() -> tuple[float, int]:
-    """This machine's total memory (GB) and cores, as a local worker sees them."""
-    return psutil.virtual_memory().total / GB, os.cpu_count() or 1
+    """This machine's total memory (GB) and cores, as a local worker sees them (container limits included)."""
+    return machine.memory().total_gb, machine.cores()
 
 
 def unrunnable_here(tasks: list[Task], min_free_dram_gb: float) -> dict[str, str]:

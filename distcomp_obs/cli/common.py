@@ -39,7 +39,7 @@ _SETTING_ATTR = "distcomp_setting"
 #: how a Settings default reads in --help where its raw value would mislead
 _SHOWN_DEFAULTS = {
     "name": "this host's name",
-    "concurrency": "one per CPU core",
+    "concurrency": "one per usable core (CPU affinity, container CPU limit)",
     "variant": "derived from the flags",
     "pipeline": "on",
     "metrics": "metrics on",

@@ -22,10 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
 import redis
 
-from distcomp_obs import __version__
+from distcomp_obs import __version__, machine
 from distcomp_obs.config import Settings
 from distcomp_obs.worker.buffer import Held
 from distcomp_obs.worker.parts import REDIS_DOWN, Parts, Tally
@@ -109,7 +108,7 @@ class Chores:
         return self.s.heartbeat_interval_s
 
     def status(self) -> dict[str, Any]:
-        vm = psutil.virtual_memory()
+        mem = machine.memory()
         s = self.s
         return {
             "time": time.time(),
@@ -117,8 +116,8 @@ class Chores:
             "pid": os.getpid(),
             "version": __version__,
             "cores": self.pool.cores,
-            "mem_total_gb": round(vm.total / GB, 2),
-            "mem_available_gb": round(vm.available / GB, 2),
+            "mem_total_gb": round(mem.total_gb, 2),
+            "mem_available_gb": round(mem.available_gb, 2),
             "concurrency": s.concurrency,
             "running": self.pool.busy(),
             "buffered": len(self.buffer),
@@ -213,7 +212,7 @@ class Chores:
 
     # --- memory --------------------------------------------------------------------------------
     def _watch_memory(self) -> float:
-        self.memory.available_gb = available = psutil.virtual_memory().available / GB
+        self.memory.available_gb = available = machine.memory().available_gb
         floor = self.s.min_free_dram_gb
         if not floor or available >= floor:
             return TICK_S

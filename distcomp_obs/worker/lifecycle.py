@@ -13,7 +13,6 @@ and binds the metrics port before it registers, so a busy port leaves no registr
 from __future__ import annotations
 
 import logging
-import os
 import random
 import signal
 import socket
@@ -23,11 +22,10 @@ import time
 import uuid
 from types import FrameType
 
-import psutil
 import redis
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from distcomp_obs import __version__, tracing
+from distcomp_obs import __version__, machine, tracing
 from distcomp_obs.config import Settings
 from distcomp_obs.errors import RedisUnavailable, WorkerNameTaken
 from distcomp_obs.httpd import MetricsServer
@@ -35,7 +33,7 @@ from distcomp_obs.metrics import WorkerMetrics
 from distcomp_obs.queue import Queue
 from distcomp_obs.redis_io import Client, RoundTrips, connect, outage_cause, redact_url
 from distcomp_obs.worker.buffer import PrefetchBuffer
-from distcomp_obs.worker.chores import GB, Chores
+from distcomp_obs.worker.chores import Chores
 from distcomp_obs.worker.fetcher import Fetcher
 from distcomp_obs.worker.guard import TaskGuard
 from distcomp_obs.worker.health import Lease, Liveness, RedisHealth
@@ -66,9 +64,9 @@ class Worker:
         self.redis = RedisHealth(self.name)
         self.lease = Lease(self.name, settings.lease_s)
         self.liveness = Liveness()
-        self.memory = Memory(psutil.virtual_memory().available / GB)
+        self.memory = Memory(machine.memory().available_gb)
         self.pool = SlotPool(settings, self.buffer, self.results, self.wake, self.m, self.memory,
-                             os.cpu_count() or 1, self.stopping, self.lease)  # fmt: skip
+                             machine.cores(), self.stopping, self.lease)  # fmt: skip
         self.metrics_server: MetricsServer | None = None
         self.registered = False  # set once the name is taken: until then a signal has nothing to drain
 
