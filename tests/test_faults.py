@@ -250,6 +250,29 @@ def test_sigterm_past_grace_period_kills_and_returns(queue: Queue, start_worker:
     assert_audit(queue, tasks)
 
 
+@pytest.mark.parametrize("shell_survives", [False, True], ids=["task-killed", "shell-outlives-its-command"])
+def test_a_task_stopped_with_its_worker_is_returned_not_failed(
+    queue: Queue, start_worker: StartWorker, tmp_path: Path, shell_survives: bool
+) -> None:
+    """scancel and `systemctl stop` signal every process: a task's command dies of the SIGTERM that
+    stops its worker. Whether its shell died too (-15) or outlived it and reported it (exit 143),
+    the task is returned, not failed: it did not fail, it was stopped."""
+    started = tmp_path / "started"
+    task = f"shell:1:0:0:touch {started} && sleep 60 && echo done"
+    queue.submit([task])
+    w1 = start_worker("--concurrency", "1", "--grace-period", "30")
+    wait_until(started.exists, 20, what="task running")
+    shell = next(p for p in psutil.Process(w1.pid).children(recursive=True) if "sleep 60 &&" in " ".join(p.cmdline()))
+    sleep = next(p for p in shell.children() if p.name() == "sleep")
+    for proc in [sleep] if shell_survives else [sleep, shell]:
+        proc.send_signal(signal.SIGTERM)
+    w1.signal(signal.SIGTERM)
+    assert w1.wait(15) == 0
+    assert queue.counts()["todo"] == 1 and not queue.list_state("failed"), queue.counts()
+    assert queue.stats().get("failed", 0) == 0, queue.stats()
+    assert_audit(queue, [task], expect_done=False)
+
+
 def test_double_sigint_returns_everything_and_exits_now(
     queue: Queue, start_worker: StartWorker, tmp_path: Path
 ) -> None:

@@ -88,18 +88,28 @@ def test_worker_name_and_concurrency_come_from_the_job() -> None:
     assert defaults({**array, "SLURM_CPUS_PER_TASK": "3"}) == ("slurm-12-5", 3)
     assert defaults({"SLURM_JOB_ID": "40"}) == ("slurm-40", None)  # None: the Settings default (cores)
     assert defaults(array, name="mine", concurrency=2) == ("mine", 2)  # flags win
+    # the workers srun starts in a job of several tasks (one per node) are told apart by their rank
+    several = {"SLURM_JOB_ID": "41", "SLURM_NTASKS": "3", "SLURM_PROCID": "2", "SLURM_CPUS_PER_TASK": "6"}
+    assert defaults(several) == ("slurm-41-2", 6)
+    assert defaults({**array, "SLURM_NTASKS": "2", "SLURM_PROCID": "1"})[0] == "slurm-12-5-1"
+    assert defaults({**several, "SLURM_NTASKS": "1", "SLURM_PROCID": "0"})[0] == "slurm-41"
     assert defaults({**array, "DISTCOMP_NAME": "env", "DISTCOMP_CONCURRENCY": "1"}) == (None, None)  # so does env
     with pytest.raises(Exception, match="Slurm job"):
         defaults({})
 
 
 def test_submit_passes_the_walltime_signal_above_the_grace_period() -> None:
-    args = argparse.Namespace(workers=3, time="2:00:00", grace_period=100.0, cpus_per_task=8, partition="long",
-                              sbatch_arg=["--account=lab"], exit_idle_after=5.0)  # fmt: skip
+    args = argparse.Namespace(workers=3, nodes=1, time="2:00:00", grace_period=100.0, cpus_per_task=8,
+                              partition="long", sbatch_arg=["--account=lab"], exit_idle_after=5.0)  # fmt: skip
     assert sbatch_argv(args, "sbatch", "w.sbatch") == [
         "sbatch", "--parsable", "--export=ALL", "--array=0-2", "--time=2:00:00", "--signal=B:TERM@130",
         "--cpus-per-task=8", "--partition=long", "--account=lab", "w.sbatch", "--exit-idle-after", "5",
     ]  # fmt: skip
+    args.nodes = 4  # each array task a job of 4 nodes, a worker on each
+    assert "--nodes=4" in sbatch_argv(args, "sbatch", "w.sbatch")
+    args.nodes = 0
+    with pytest.raises(Exception, match="nodes"):
+        sbatch_argv(args, "sbatch", "w.sbatch")
 
 
 @pytest.mark.slow
@@ -184,7 +194,8 @@ def _two_running(slurm: SlurmCluster, job_env: dict[str, str], queue: Queue, tmp
 def test_scancel_returns_everything_the_worker_held(
     slurm: SlurmCluster, job_env: dict[str, str], queue: Queue, tmp_path: Path
 ) -> None:
-    lines = [f"shell:1:0:0:sleep 120; echo long {i}" for i in range(8)]
+    # `&&`: a shell that outlives its killed sleep must not go on to finish the task
+    lines = [f"shell:1:0:0:sleep 120 && echo long {i}" for i in range(8)]
     job = _two_running(slurm, job_env, queue, tmp_path, lines)
     # plain scancel: SIGTERM to the worker and, Slurm signalling every process of the job, its tasks
     slurm.client("scancel", job)
@@ -214,4 +225,39 @@ def test_scancel_batch_signal_drains_running_tasks(
     counts = queue.counts()
     # the two running tasks finished within the grace period; the rest went back unstarted
     assert (counts["finished"], counts["todo"], counts["in_progress"], counts["failed"]) == (2, 4, 0, 0), counts
+    assert audit(queue, submitted=lines).ok
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_job_of_several_tasks_runs_a_worker_each_and_drains_on_the_walltime_signal(
+    slurm: SlurmCluster, job_env: dict[str, str], queue: Queue, tmp_path: Path
+) -> None:
+    """`sbatch --nodes=N` runs a worker per node through srun; here, on one node, two tasks stand for
+    two nodes. The walltime signal reaches the batch script, which hands it to both workers (a
+    SIGTERM to srun itself would kill them): each lets its running task finish and exits."""
+    lines = [f"shell:1:0:0:sleep 4; echo node {i}" for i in range(6)]
+    queue.submit(lines)
+    job = slurm.sbatch(f"--output={tmp_path}/%x-%j.out", f"--chdir={tmp_path}", "--ntasks-per-node=2",
+                       "--cpus-per-task=1", "--time=5", str(TEMPLATE), "--prefetch", "0", "--exit-idle-after", "0",
+                       env=job_env)  # fmt: skip
+    names = {f"slurm-{job}-0", f"slurm-{job}-1"}
+
+    def both_running() -> bool:
+        workers = queue.workers()
+        return all(workers.get(n, {}).get("running", 0) >= 1 for n in names)
+
+    wait_until(both_running, timeout=60, interval=0.2, what=f"{names} each running a task")
+    slurm.client("scancel", "--batch", "--signal=TERM", job)  # what --signal=B:TERM@LEAD sends
+    (record,) = slurm.wait_ended(job, timeout_s=60)
+    log = outputs(tmp_path)
+    assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), log
+    for name in names:  # one task per allocated CPU each
+        assert re.search(rf"worker {name} started: .*concurrency=1 ", log), log
+    assert_clean_exit(log)
+    counts = queue.counts()
+    # each worker's running task finished within the grace period; the rest went back unstarted
+    assert (counts["finished"], counts["todo"], counts["in_progress"], counts["failed"]) == (2, 4, 0, 0), (counts, log)
+    ran_by = {DoneRecord.parse(v).header.get("worker") for v in queue.r.hvals(queue.keys.finished_tasks)}
+    assert ran_by == names, ran_by
     assert audit(queue, submitted=lines).ok

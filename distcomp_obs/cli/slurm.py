@@ -1,4 +1,4 @@
-"""`distcomp slurm`: workers in Slurm allocations, one per array task (docs/SLURM.md).
+"""`distcomp slurm`: workers in Slurm allocations, one per array task and node (docs/SLURM.md).
 
 slurm worker       what the sbatch template execs inside an allocation: a worker named from the job
                    and array task ids, --concurrency from the CPUs allocated, that exits once the
@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,17 +42,19 @@ DEFAULT_GRACE_S = 90
 
 SBATCH_TEMPLATE = """\
 #!/bin/bash
-# A distcomp worker in Slurm: one worker per array task, each on its own node or share of one.
+# distcomp workers in Slurm: one worker per array task, and one per node of a multi-node job.
 #   distcomp submit tasks.txt && sbatch --array=0-3 distcomp-worker.sbatch   # 4 workers
-#   distcomp slurm submit tasks.txt --workers 4 --time 1:00:00               # the same, one command
+#   distcomp submit tasks.txt && sbatch --nodes=4 distcomp-worker.sbatch     # 4 workers, one job
+#   distcomp slurm submit tasks.txt --workers 4 --time 1:00:00               # the first, one command
 # The job needs DISTCOMP_REDIS_URL (sbatch exports the submitting shell's environment) and
-# `distcomp` on its PATH. Each worker is named slurm-JOB-TASK (JOB_TASK in squeue), runs one task
-# per allocated CPU, and exits once nothing is left to run. A worker's extra flags go after the
-# script's name: sbatch --array=0-3 distcomp-worker.sbatch --prefetch 8 --exit-idle-after 300
+# `distcomp` on its PATH. Each worker is named slurm-JOB-TASK (JOB_TASK in squeue; -N more for
+# the Nth of a job's workers), runs one task per allocated CPU, and exits once nothing is left
+# to run. A worker's extra flags go after the script's name:
+#   sbatch --array=0-3 distcomp-worker.sbatch --prefetch 8 --exit-idle-after 300
 #
 #SBATCH --job-name=distcomp-worker
 #SBATCH --nodes=1
-#SBATCH --ntasks=1
+#SBATCH --ntasks-per-node=1
 #SBATCH --cpus-per-task=4
 #SBATCH --time=01:00:00
 #SBATCH --signal=B:TERM@120
@@ -64,8 +67,17 @@ set -eu
 # still running then is killed and returned. Keep the grace period below that lead.
 export DISTCOMP_GRACE_PERIOD_S="${DISTCOMP_GRACE_PERIOD_S:-90}"
 # source /path/to/venv/bin/activate   # if `distcomp` is not on the job's PATH
-# exec: the worker is this script's process, so the walltime SIGTERM and scancel's reach it.
-exec distcomp slurm worker "$@"
+if [ "${SLURM_NTASKS:-1}" -le 1 ]; then
+    # exec: the worker is this script's process, so the walltime SIGTERM and scancel's reach it.
+    exec distcomp slurm worker "$@"
+fi
+# Several tasks (--nodes=N, or --ntasks-per-node): srun starts a worker per task. A SIGTERM to
+# srun would abort the step and kill the workers, so this script catches the walltime SIGTERM and
+# hands it on as SIGURG, which drains a worker and which everything else ignores (Slurm signals
+# every process of the step, running tasks included), then waits while the workers drain.
+trap 'scancel --signal=URG "${SLURM_JOB_ID}.0"' TERM
+srun --kill-on-bad-exit=0 distcomp slurm worker "$@" &
+wait $! || wait $!
 """
 
 
@@ -97,6 +109,8 @@ def add_parsers(sub: Subparsers) -> None:
     _common(s)
     s.add_argument("file", metavar="FILE", help="task file, one task line per line")
     s.add_argument("--workers", type=int, default=1, metavar="N", help="array tasks, one worker each")
+    s.add_argument("--nodes", type=int, default=1, metavar="N",
+                   help="nodes per array task, a worker on each (sbatch --nodes; default 1)")  # fmt: skip
     s.add_argument("--time", default="1:00:00", help="walltime of each worker (sbatch --time)")
     s.add_argument("--cpus-per-task", type=int, metavar="N", help="CPUs per worker = its --concurrency "
                    "(default: the template's, 4)")  # fmt: skip
@@ -118,12 +132,17 @@ def add_parsers(sub: Subparsers) -> None:
 
 # --- slurm worker ----------------------------------------------------------------------------------
 def slurm_name(env: Mapping[str, str]) -> str | None:
-    """slurm-JOB-TASK in an array job (squeue shows it as JOB_TASK), slurm-JOB otherwise."""
-    array_job, array_task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    """slurm-JOB-TASK in an array job (squeue shows it as JOB_TASK), slurm-JOB otherwise; with
+    -N added for the Nth worker (srun task) of a job that runs several."""
+    array_job, array_task, job = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID"), env.get("SLURM_JOB_ID")
     if array_job and array_task:
-        return f"slurm-{array_job}-{array_task}"
-    job = env.get("SLURM_JOB_ID")
-    return f"slurm-{job}" if job else None
+        name = f"slurm-{array_job}-{array_task}"
+    elif job:
+        name = f"slurm-{job}"
+    else:
+        return None
+    several = env.get("SLURM_NTASKS", "1").isdigit() and int(env.get("SLURM_NTASKS", "1")) > 1
+    return f"{name}-{env['SLURM_PROCID']}" if several and env.get("SLURM_PROCID", "").isdigit() else name
 
 
 def slurm_cpus(env: Mapping[str, str]) -> int | None:
@@ -142,10 +161,6 @@ def apply_slurm_defaults(args: argparse.Namespace, env: Mapping[str, str]) -> No
             raise ConfigError("name", "", "a Slurm job (SLURM_JOB_ID set), or give --name")
     if args.concurrency is None and "DISTCOMP_CONCURRENCY" not in env:
         args.concurrency = slurm_cpus(env)
-    nodes = env.get("SLURM_JOB_NUM_NODES", "1")
-    if nodes.isdigit() and int(nodes) > 1:
-        log.warning("this job has %s nodes but one worker runs, on this node: use sbatch --array for one "
-                    "worker per node (docs/SLURM.md)", nodes)  # fmt: skip
 
 
 class DrainedExit(threading.Thread):
@@ -191,7 +206,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.exit_idle_after > 0:
         q = Queue(connect(settings.redis_url, check=False), settings.prefix)
         DrainedExit(q, args.exit_idle_after, worker.request_stop, worker.stopping).start()
-    return worker.run()
+    # SIGURG, whose default action is to do nothing, drains the worker like SIGTERM: the template
+    # hands the walltime signal to the workers of a several-task job with it, because Slurm signals
+    # every process of a step and a SIGTERM would kill the running tasks too.
+    return worker.run(drain_signals=(signal.SIGURG,))
 
 
 # --- slurm submit ----------------------------------------------------------------------------------
@@ -201,6 +219,10 @@ def sbatch_argv(args: argparse.Namespace, sbatch: str, script: str) -> list[str]
     lead = int(args.grace_period) + SIGNAL_MARGIN_S
     argv = [sbatch, "--parsable", "--export=ALL", f"--array=0-{args.workers - 1}", f"--time={args.time}",
             f"--signal=B:TERM@{lead}"]  # fmt: skip
+    if args.nodes != 1:
+        if args.nodes < 1:
+            raise ConfigError("nodes", args.nodes, "at least 1")
+        argv.append(f"--nodes={args.nodes}")
     if args.cpus_per_task:
         argv.append(f"--cpus-per-task={args.cpus_per_task}")
     if args.partition:
@@ -259,11 +281,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"sbatch failed ({done.returncode}): {done.stderr.strip()}", file=sys.stderr)
         return 1
     job = done.stdout.strip().split(";")[0]
-    out = {"file": args.file, "added": added, "waiting": q.counts()["todo"], "slurm_job": job, "workers": args.workers}
+    workers = args.workers * args.nodes
+    out = {"file": args.file, "added": added, "waiting": q.counts()["todo"], "slurm_job": job, "workers": workers}
     if args.json:
         print_json(out)
     else:
-        print(f"{args.file}: added {added} task(s), {out['waiting']} waiting; Slurm job {job}: {args.workers} "
+        print(f"{args.file}: added {added} task(s), {out['waiting']} waiting; Slurm job {job}: {workers} "
               f"worker(s) (squeue -j {job}; distcomp status; scancel {job} returns what they hold)")  # fmt: skip
     return 0
 

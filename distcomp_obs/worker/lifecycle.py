@@ -71,11 +71,12 @@ class Worker:
         self.registered = False  # set once the name is taken: until then a signal has nothing to drain
 
     # --- lifecycle -----------------------------------------------------------------------------
-    def run(self, install_signals: bool = True) -> int:
-        """Register, work until stopped, drain, deregister. Returns the exit status."""
+    def run(self, install_signals: bool = True, drain_signals: tuple[signal.Signals, ...] = ()) -> int:
+        """Register, work until stopped, drain, deregister. Returns the exit status. SIGTERM and
+        SIGINT drain it, and so do `drain_signals` (a Slurm job's workers take SIGURG: see cli/slurm.py)."""
         if install_signals:
-            signal.signal(signal.SIGTERM, self._on_signal)
-            signal.signal(signal.SIGINT, self._on_signal)
+            for signum in (signal.SIGTERM, signal.SIGINT, *drain_signals):
+                signal.signal(signum, self._on_signal)
         client = wait_for_redis(self.s.redis_url, self.stopping, self.name)
         if client is None:
             log.info("worker %s: stopped while waiting for Redis", self.name)

@@ -34,8 +34,9 @@ GiveBack = Callable[[list[Held], str], None]
 
 #: how often a slot looks again while the lease is in doubt
 LEASE_WAIT_S = 0.1
-#: exit codes of a task ended by the signal that stops its worker too (scancel, systemd stop)
-STOP_SIGNAL_CODES = frozenset({-signal.SIGTERM, -signal.SIGINT})
+#: exit codes of a task ended by the signal that stops its worker too (scancel, systemd stop): killed
+#: by it, or a shell whose command was (a shell reports that as 128 + the signal's number)
+STOP_SIGNAL_CODES = frozenset({-signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT})
 #: how long a slot waits for the worker's own handler to see that signal (they land together)
 STOP_SIGNAL_RACE_S = 1.0
 
