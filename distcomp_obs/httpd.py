@@ -1,5 +1,6 @@
 """A small threaded HTTP server for /metrics (Prometheus text or OpenMetrics with exemplars),
-/healthz and extra JSON routes (the exporter's /sd). One per process, explicit bind address; it
+/healthz (ready: what the process needs answers, Redis first), /livez (alive: not wedged, whatever
+Redis does) and extra JSON routes (the exporter's /sd). One per process, explicit bind address; it
 binds when constructed, so a busy port raises AddressInUse (one line) before the caller registers
 anywhere."""
 
@@ -24,6 +25,7 @@ class MetricsServer:
         registry: CollectorRegistry,
         health: Callable[[], tuple[bool, str]],
         routes: dict[str, Callable[[], Any]] | None = None,
+        live: Callable[[], tuple[bool, str]] | None = None,
     ) -> None:
         host, _, port = addr.rpartition(":")
         outer = self
@@ -34,13 +36,13 @@ class MetricsServer:
                 if path == "/metrics":
                     encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
                     self._send(200, content_type, encoder(outer.registry))
-                elif path == "/healthz":
-                    ok, detail = outer.health()
+                elif path in ("/healthz", "/livez"):
+                    ok, detail = outer.health() if path == "/healthz" else outer.live()
                     self._send(200 if ok else 503, "text/plain; charset=utf-8", detail.encode() + b"\n")
                 elif path in outer.routes:
                     self._send(200, "application/json", json.dumps(outer.routes[path]()).encode())
                 else:
-                    self._send(404, "text/plain", b"not found: try /metrics or /healthz\n")
+                    self._send(404, "text/plain", b"not found: try /metrics, /healthz or /livez\n")
 
             def _send(self, code: int, content_type: str, body: bytes) -> None:
                 self.send_response(code)
@@ -53,6 +55,8 @@ class MetricsServer:
                 pass
 
         self.registry, self.health, self.routes = registry, health, routes or {}
+        # /livez: answering at all is alive, unless the process says more (the worker's loops)
+        self.live = live or (lambda: (True, "ok"))
         try:  # binds now: a busy or forbidden address is one clear error, before anything else starts
             self.httpd = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
         except OSError as exc:

@@ -251,9 +251,9 @@ def test_probes_point_at_the_listening_port_and_healthz(rendered: dict[str, list
         port = int(addr.rpartition(":")[2])
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
         assert list(ports.values()) == [port], f"{command}: containerPort is not the listening port"
-        for kind in ("readinessProbe", "livenessProbe"):
+        for kind, path in (("readinessProbe", "/healthz"), ("livenessProbe", "/livez")):  # livez ignores Redis
             probe = c[kind]["httpGet"]
-            assert probe["path"] == "/healthz", f"{command} {kind}"
+            assert probe["path"] == path, f"{command} {kind}"
             target = probe["port"]
             assert ports.get(target, target) == port, f"{command} {kind}: port {target}"
         if command == "worker":
@@ -463,6 +463,8 @@ def test_each_container_command_runs_and_answers_its_probe(
         wait_until(lambda: http_get(f"http://127.0.0.1:{port}{path}")[0] == 200 or proc.poll() is not None,
                    timeout=60, what=f"{name} {path}")  # fmt: skip
         assert proc.poll() is None, log.read_text()
+        live = c["livenessProbe"]["httpGet"]["path"]
+        assert http_get(f"http://127.0.0.1:{port}{live}")[0] == 200, f"{name} {live}"
         if name == "distcomp-worker":
             status, body = http_get(f"http://127.0.0.1:{port}/metrics")
             samples = {s.name: s for f in text_string_to_metric_families(body) for s in f.samples}

@@ -244,6 +244,7 @@ def test_healthz_follows_redis(restartable_redis: RedisServer, prefix: str, star
     assert not [k for k in m if k[0] == "distcomp_queue_tasks"]
     code, _, body = http_get(exporter.base + "/healthz")
     assert code == 503 and "last collect failed" in body
+    assert http_get(exporter.base + "/livez")[0] == 200  # not ready, but alive: it is what reports the outage
 
     restartable_redis.start()
 

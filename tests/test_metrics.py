@@ -178,5 +178,8 @@ def test_healthz_follows_redis(restartable_redis: RedisServer, start_worker, tmp
                             what="503 while Redis is down")  # fmt: skip
     assert "redis unreachable" in body
     assert http_get(base + "/metrics")[0] == 200  # metrics stay readable while Redis is down
+    # not ready, but alive: its loops go round while it waits (a liveness probe must not restart it)
+    code, _, text = http_get(base + "/livez")
+    assert (code, text.strip()) == (200, "ok")
     restartable_redis.start()
     wait_until(lambda: http_get(base + "/healthz")[0] == 200, timeout=30, what="healthy again")

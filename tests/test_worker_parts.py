@@ -22,6 +22,7 @@ from distcomp_obs.task import MAX_PRIORITY, Task, TaskType, parse_line
 from distcomp_obs.worker import policy
 from distcomp_obs.worker.buffer import Held, PrefetchBuffer, make_held
 from distcomp_obs.worker.execute import Outcome
+from distcomp_obs.worker.health import Liveness, RedisHealth
 from distcomp_obs.worker.pace import ALPHA, Ewma, Pace
 from distcomp_obs.worker.results import Result, Results
 from distcomp_obs.worker.slots import Memory, SlotPool
@@ -297,3 +298,21 @@ def test_results_feed_each_collected_duration_to_the_hook() -> None:
     assert pace.task_duration.count == 2 and pace.mean_task_s == pytest.approx(0.5 + ALPHA * 0.2)
     results.collect()
     assert pace.task_duration.count == 2  # each result is seen once
+
+
+def test_livez_judges_the_loops_not_redis() -> None:
+    """/livez fails only when a loop stops going round (past max(60 s, 3 idle waits)), never for
+    Redis; a draining worker is alive. /healthz, the readiness, follows Redis as well."""
+    live = Liveness()
+    assert live.alive(idle_max_wait_s=30, stopping=False) == (True, "ok")
+    down = RedisHealth("w")
+    down.mark(False, "fetch", ConnectionError("refused"))
+    assert live.alive(30, stopping=False)[0] and not live.check(down, 1.0, 30)[0]
+    live.chores_beat -= 91  # 3 x 30 s idle wait, plus one
+    ok, why = live.alive(30, stopping=False)
+    assert not ok and why.startswith("chores thread silent for 9"), why
+    assert live.alive(30, stopping=True) == (True, "draining")
+    live.chores_beat += 91
+    live.loop_beat -= 61
+    assert live.alive(10, stopping=False)[0] is False  # at least 60 s, whatever the idle wait
+    assert live.alive(30, stopping=False)[0] is True

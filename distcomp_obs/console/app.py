@@ -365,6 +365,7 @@ def build_app(console: Console) -> Starlette:  # noqa: C901 - one closure per ro
         Route("/api/retry-failed", act(lambda r: actions.retry_failed(q)), methods=["POST"]),
         Route("/api/purge-finished", act(lambda r: actions.purge_finished(q)), methods=["POST"]),
         Route("/healthz", lambda r: JSONResponse({"ok": True})),
+        Route("/livez", lambda r: JSONResponse({"ok": True})),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: not_found, 500: not_found})

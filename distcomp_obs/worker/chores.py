@@ -87,6 +87,7 @@ class Chores:
 
     def _loop(self) -> None:
         while not self.stopped.is_set():
+            self.liveness.chores_beat = time.monotonic()  # for /livez
             for chore in self.table:
                 now = time.monotonic()
                 if now < chore.due:

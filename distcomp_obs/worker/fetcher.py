@@ -273,6 +273,7 @@ class Fetcher:
             return
         delay, down_since = 0.1, time.monotonic()
         while not self.p.hard_stop.is_set():
+            self.p.liveness.loop_beat = time.monotonic()  # waiting for Redis is not being stuck (/livez)
             start = time.perf_counter()
             time.sleep(delay * self.rng.uniform(0.5, 1.0))
             self.m.poll_sleep_seconds.labels("redis_down").observe(time.perf_counter() - start)

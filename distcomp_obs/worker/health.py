@@ -92,12 +92,26 @@ class Lease:
 
 
 class Liveness:
-    """Times /healthz judges: each has one writer (a float store is atomic)."""
+    """Times /healthz and /livez judge: each has one writer (a float store is atomic)."""
 
     def __init__(self) -> None:
         now = time.monotonic()
-        self.loop_beat = now  # written by the fetch loop every pass
+        self.loop_beat = now  # written by the fetch loop every pass, and while it waits for Redis
+        self.chores_beat = now  # written by the chores thread every tick
         self.heartbeat_ok_at = now  # written by the heartbeat when Redis answered
+
+    def alive(self, idle_max_wait_s: float, stopping: bool) -> tuple[bool, str]:
+        """/livez: the process is not wedged, whatever Redis does. Its two loops go round (the
+        fetch loop also while it waits for Redis); a draining worker is alive until it exits (the
+        grace period bounds the drain). A probe of this restarts only a stuck worker, never one
+        waiting out a Redis outage with its tasks running."""
+        if stopping:
+            return True, "draining"
+        now, limit = time.monotonic(), max(60.0, 3 * idle_max_wait_s)
+        for loop, beat in (("fetch loop", self.loop_beat), ("chores thread", self.chores_beat)):
+            if now - beat > limit:
+                return False, f"{loop} silent for {now - beat:.0f}s"
+        return True, "ok"
 
     def check(self, redis: RedisHealth, heartbeat_interval_s: float, idle_max_wait_s: float) -> tuple[bool, str]:
         if not redis.ok:
@@ -106,7 +120,4 @@ class Liveness:
         beat_age = time.monotonic() - self.heartbeat_ok_at
         if beat_age > max(2.0, 3 * heartbeat_interval_s):
             return False, f"redis unreachable: no heartbeat for {beat_age:.0f}s"
-        loop_age = time.monotonic() - self.loop_beat
-        if loop_age > max(60.0, 3 * idle_max_wait_s):
-            return False, f"fetch loop silent for {loop_age:.0f}s"
-        return True, "ok"
+        return self.alive(idle_max_wait_s, stopping=False)

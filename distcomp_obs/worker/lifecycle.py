@@ -156,6 +156,9 @@ class Worker:
     def health(self) -> tuple[bool, str]:
         return self.liveness.check(self.redis, self.s.heartbeat_interval_s, self.s.idle_max_wait_s)
 
+    def alive(self) -> tuple[bool, str]:
+        return self.liveness.alive(self.s.idle_max_wait_s, self.stopping.is_set())
+
     def _register(self, q: Queue, chores: Chores, fetcher: Fetcher) -> None:
         if not q.acquire_lease(self.name, self.incarnation, int(self.s.lease_s * 1000)):
             holder, ttl = q.lease_holder(self.name)
@@ -187,7 +190,7 @@ class Worker:
         self.m.buffer_capacity_tasks.set(s.prefetch)
         if self.registry is None:
             return ""
-        self.metrics_server = MetricsServer(s.metrics_addr, self.registry, self.health).start()
+        self.metrics_server = MetricsServer(s.metrics_addr, self.registry, self.health, live=self.alive).start()
         host = self.metrics_server.host
         if host in ("0.0.0.0", "::", ""):
             host = socket.getfqdn()
