@@ -256,7 +256,7 @@ class Exporter:
 
     @property
     def url(self) -> str:
-        return f"http://{self.server.host}:{self.server.port}"
+        return f"http://{self.server.url_host}:{self.server.port}"
 
     def run(self, install_signals: bool = True) -> int:
         if install_signals:

@@ -7,6 +7,7 @@ anywhere."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -57,8 +58,10 @@ class MetricsServer:
         self.registry, self.health, self.routes = registry, health, routes or {}
         # /livez: answering at all is alive, unless the process says more (the worker's loops)
         self.live = live or (lambda: (True, "ok"))
+        host = host.strip("[]")
+        server = _V6Server if ":" in host else ThreadingHTTPServer
         try:  # binds now: a busy or forbidden address is one clear error, before anything else starts
-            self.httpd = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
+            self.httpd = server((host, int(port)), Handler)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise AddressInUse(f"cannot serve metrics on {addr}: {reason} (choose another --metrics-addr)") from None
@@ -73,6 +76,11 @@ class MetricsServer:
     def host(self) -> str:
         return str(self.httpd.server_address[0])
 
+    @property
+    def url_host(self) -> str:
+        """The bound host as a URL writes it: an IPv6 address in brackets."""
+        return f"[{self.host}]" if ":" in self.host else self.host
+
     def start(self) -> MetricsServer:
         self.thread.start()
         return self
@@ -80,3 +88,14 @@ class MetricsServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class _V6Server(ThreadingHTTPServer):
+    """An IPv6 address (`[::1]:9712`, a pod's IPv6 address); `[::]` also takes IPv4 clients."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        if self.server_address[0] == "::":
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from distcomp_obs import __version__, metrics
+from distcomp_obs.exporter import sd_target
 from distcomp_obs.queue import Queue
 from distcomp_obs.redis_server import RedisServer
 from tests.conftest import WorkerProc, require, wait_until
@@ -159,6 +160,19 @@ def test_series_budget(queue: Queue, start_worker) -> None:
     from prometheus_client import generate_latest
 
     assert count_series(generate_latest(registry).decode()) <= series
+
+
+def test_ipv6_metrics_address(queue: Queue, start_worker) -> None:
+    """`--metrics-addr [::1]:0` (an IPv6 pod address works the same): the worker binds it, publishes
+    a bracketed URL, and the exporter's service discovery hands Prometheus a `[addr]:port` target."""
+    worker = start_worker("--metrics-addr", "[::1]:0", name="six")
+    url = metrics_url(worker)
+    assert url.startswith("http://[::1]:"), url
+    code, _, text = http_get(url)
+    assert code == 200 and "distcomp_worker_info" in text
+    wait_until(lambda: queue.workers().get("six", {}).get("metrics_url") == url, what="URL in the heartbeat")
+    group = sd_target("six", queue.workers()["six"], "q")
+    assert group is not None and group["targets"] == [url.removeprefix("http://").removesuffix("/metrics")]
 
 
 def test_no_metrics_flag_serves_nothing(queue: Queue, start_worker) -> None:

@@ -191,8 +191,8 @@ class Worker:
         if self.registry is None:
             return ""
         self.metrics_server = MetricsServer(s.metrics_addr, self.registry, self.health, live=self.alive).start()
-        host = self.metrics_server.host
-        if host in ("0.0.0.0", "::", ""):
+        host = self.metrics_server.url_host
+        if host in ("0.0.0.0", "[::]", ""):
             host = socket.getfqdn()
         return f"http://{host}:{self.metrics_server.port}/metrics"
 
