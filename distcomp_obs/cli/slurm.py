@@ -47,9 +47,9 @@ SBATCH_TEMPLATE = """\
 #   distcomp submit tasks.txt && sbatch --nodes=4 distcomp-worker.sbatch     # 4 workers, one job
 #   distcomp slurm submit tasks.txt --workers 4 --time 1:00:00               # the first, one command
 # The job needs DISTCOMP_REDIS_URL (sbatch exports the submitting shell's environment) and
-# `distcomp` on its PATH. Each worker is named slurm-JOB-TASK (JOB_TASK in squeue; -N more for
-# the Nth of a job's workers), runs one task per allocated CPU, and exits once nothing is left
-# to run. A worker's extra flags go after the script's name:
+# `distcomp` on its PATH. Each worker is named slurm-JOB-TASK (JOB_TASK in squeue), -RANK added
+# when a job runs several, runs one task per allocated CPU, and exits once nothing is left to
+# run. A worker's extra flags go after the script's name:
 #   sbatch --array=0-3 distcomp-worker.sbatch --prefetch 8 --exit-idle-after 300
 #
 #SBATCH --job-name=distcomp-worker
