@@ -154,6 +154,32 @@ class WorkerProc:
         self._log.close()
 
 
+class ProcGroup:
+    """The processes of one live stack (exporter, workers, Prometheus, ...), stopped together."""
+
+    def __init__(self, stop_wait_s: float = 15) -> None:
+        self.procs: list[WorkerProc] = []
+        self.stop_wait_s = stop_wait_s
+
+    def start(self, argv: list[str], log: Path, env: dict[str, str]) -> WorkerProc:
+        proc = WorkerProc(argv, log, env)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:  # SIGTERM to all first, so their drains overlap
+            proc.signal(signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=self.stop_wait_s)
+            except subprocess.TimeoutExpired:
+                pass
+            proc.close()  # SIGKILL if still running
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.log_path.name}\n{p.log()[-1500:]}" for p in self.procs)
+
+
 def warm_up(queue: Queue, n: int = 20) -> list[str]:
     """Run `n` no-op tasks on the worker(s) already started. A worker buffers what its slots finish
     during one claim round trip (issue 10; one per slot before any task finished): once it has

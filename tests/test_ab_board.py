@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import time
 import urllib.parse
@@ -42,7 +39,8 @@ from distcomp_obs.netutil import free_port
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import render_boards
 
-from tests.conftest import REPO, WorkerProc, distcomp_argv, require, run_cli, wait_until
+from tests.conftest import REPO, ProcGroup, WorkerProc, distcomp_argv, require, run_cli, wait_until
+from tests.test_monitoring_stack import substitute
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -121,33 +119,16 @@ def board_stats() -> dict[str, str]:
     return out
 
 
-def substitute(expr: str, values: dict[str, str]) -> str:
-    return re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], expr)
+class Live(ProcGroup):
+    """The stack's processes, each logging to TMP/NAME.log with a clean distcomp environment."""
 
-
-class Live:
     def __init__(self, tmp: Path) -> None:
+        super().__init__(stop_wait_s=20)
         self.tmp = tmp
-        self.procs: list[WorkerProc] = []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> WorkerProc:
+    def launch(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> WorkerProc:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("DISTCOMP_", "OTEL_"))}
-        proc = WorkerProc(argv, self.tmp / f"{name}.log", {**base, "OTEL_SDK_DISABLED": "true", **(env or {})})
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        for p in self.procs:
-            p.signal(signal.SIGTERM)
-        for p in reversed(self.procs):
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-            p.close()
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.log_path.name}\n{p.log()[-1500:]}" for p in self.procs)
+        return self.start(argv, self.tmp / f"{name}.log", {**base, "OTEL_SDK_DISABLED": "true", **(env or {})})
 
 
 def test_board_verdicts_agree_with_bench(redis_url: str, prefix: str, tmp_path: Path) -> None:
@@ -167,14 +148,14 @@ def test_board_verdicts_agree_with_bench(redis_url: str, prefix: str, tmp_path: 
     try:
         exporter_port = free_port()
         watched = ",".join(prefixes.values())
-        live.start("exporter", distcomp_argv("exporter", "--redis-url", redis_url, "--prefix", watched,
+        live.launch("exporter", distcomp_argv("exporter", "--redis-url", redis_url, "--prefix", watched,
                                              "--metrics-addr", f"127.0.0.1:{exporter_port}"))  # fmt: skip
         for v, flags in variants.items():
             argv = ["worker", "--redis-url", f"{proxy.url}/{url.path.lstrip('/') or 0}", "--prefix", prefixes[v]]
             argv += ["--name", f"ab-{v}", "--variant", v, "--concurrency", str(CONCURRENCY), *flags]
-            live.start(f"worker-{v}", distcomp_argv(*argv, "--metrics-addr", "127.0.0.1:0"))
+            live.launch(f"worker-{v}", distcomp_argv(*argv, "--metrics-addr", "127.0.0.1:0"))
         prom_port = free_port()
-        live.start(
+        live.launch(
             "prometheus",
             [prometheus_bin, f"--config.file={prometheus_yml(tmp_path, f'127.0.0.1:{exporter_port}')}",
              f"--storage.tsdb.path={tmp_path / 'prom-data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],

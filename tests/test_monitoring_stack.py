@@ -43,7 +43,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 import urllib.error
@@ -60,7 +59,7 @@ from distcomp_obs.netutil import free_port
 from distcomp_obs.queue import Queue
 from distcomp_obs.redis_io import connect
 from distcomp_obs.redis_server import RedisServer
-from tests.conftest import FAST, IN_CI, REPO, WorkerProc, distcomp_argv, require
+from tests.conftest import FAST, IN_CI, REPO, ProcGroup, WorkerProc, distcomp_argv, require
 
 # Typically ~25 s; every wait is a bounded poll, and the whole test is capped here.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
@@ -335,30 +334,7 @@ def evaluate_boards(prom: Prom) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the stack
 
 
-class Stack:
-    def __init__(self) -> None:
-        self.procs: list[WorkerProc] = []
-
-    def start(self, argv: list[str], log: Path, env: dict[str, str]) -> WorkerProc:
-        proc = WorkerProc(argv, log, env)
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        for proc in self.procs:  # SIGTERM to all first, so their drains overlap
-            proc.signal(signal.SIGTERM)
-        for proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-            proc.close()  # SIGKILL if still running
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.log_path.name}\n{p.log()[-1500:]}" for p in self.procs)
-
-
-def start_worker(stack: Stack, tmp: Path, app_env: dict[str, str], variant: str) -> WorkerProc:
+def start_worker(stack: ProcGroup, tmp: Path, app_env: dict[str, str], variant: str) -> WorkerProc:
     """compose's worker-<variant> service, named <variant>-1, metrics on a free loopback port."""
     service = f"worker-{variant}"
     argv = compose_command(service, {"0.0.0.0:9712": "127.0.0.1:0"})
@@ -367,7 +343,7 @@ def start_worker(stack: Stack, tmp: Path, app_env: dict[str, str], variant: str)
     return stack.start(distcomp_argv(*argv, "--name", name, *FAST), tmp / f"{name}.log", compose_env(service, app_env))
 
 
-def start_stack(stack: Stack, tmp: Path, app_env: dict[str, str], webhook: Webhook | None,
+def start_stack(stack: ProcGroup, tmp: Path, app_env: dict[str, str], webhook: Webhook | None,
                 prometheus_bin: str, alertmanager_bin: str | None, redis_exporter_bin: str | None,
                 load: bool = True, interval: str = INTERVAL) -> tuple[Prom, dict[str, WorkerProc]]:  # fmt: skip
     """Exporter, redis_exporter, one worker per group and the load generator (compose's commands;
@@ -579,7 +555,7 @@ def check_redis_exporter(prom: Prom) -> None:
 
 def test_compose_stack_natively(redis_url: str, prefix: str, queue, tmp_path: Path) -> None:
     prometheus_bin, alertmanager_bin, redis_exporter_bin = binaries()
-    stack = Stack()
+    stack = ProcGroup()
     webhook = Webhook() if alertmanager_bin else None
     app_env = {"DISTCOMP_REDIS_URL": redis_url, "DISTCOMP_PREFIX": prefix}
     try:
@@ -642,7 +618,7 @@ def test_redis_outage_pages_with_and_without_workers(
     assert restartable_redis.process is not None
     redis_pid = restartable_redis.process.pid
     queue = Queue(connect(restartable_redis.url), prefix)
-    stack, webhook = Stack(), Webhook()
+    stack, webhook = ProcGroup(), Webhook()
     app_env = {"DISTCOMP_REDIS_URL": restartable_redis.url, "DISTCOMP_PREFIX": prefix}
     try:
         prom, _ = start_stack(stack, tmp_path, app_env, webhook, prometheus_bin, alertmanager_bin,
