@@ -23,7 +23,6 @@ import pytest
 from distcomp_obs.audit import audit
 from distcomp_obs.cli.slurm import SBATCH_TEMPLATE, apply_slurm_defaults, sbatch_argv
 from distcomp_obs.queue import Queue
-from distcomp_obs.records import DoneRecord
 from tests.conftest import REPO, require, run_cli, wait_until
 from tests.slurm_tools import BINARIES, SEARCH_PATH, SlurmCluster
 
@@ -64,6 +63,18 @@ def assert_exact(queue: Queue, lines: list[str]) -> None:
     counts = queue.counts()
     assert (counts["finished"], counts["failed"], counts["in_progress"]) == (len(lines), 0, 0), counts
     assert queue.stats().get("failed", 0) == 0, queue.stats()
+
+
+def scancel(slurm: SlurmCluster, job: str, tmp_path: Path, *flags: str) -> tuple[dict[str, str], str]:
+    """`scancel [flags] JOB`, then wait until the job ended: its record, and the jobs' logs."""
+    slurm.client("scancel", *flags, job)
+    (record,) = slurm.wait_ended(job, timeout_s=60)
+    return record, outputs(tmp_path)
+
+
+def ran_by(queue: Queue) -> set[object]:
+    """The workers named in the finished tasks' records."""
+    return {record.header.get("worker") for record in queue.records("finished").values()}
 
 
 def assert_clean_exit(log: str) -> None:
@@ -136,8 +147,7 @@ def test_one_command_sweep_drains_and_the_array_exits(
         assert "queue drained" in log
     assert_clean_exit(log)
     assert_exact(queue, lines)
-    ran_by = {DoneRecord.parse(v).header.get("worker") for v in queue.r.hvals(queue.keys.finished_tasks)}
-    assert ran_by <= names, ran_by
+    assert ran_by(queue) <= names, ran_by(queue)
     assert not any(w["live"] for w in queue.workers().values()), queue.workers()
 
 
@@ -198,9 +208,7 @@ def test_scancel_returns_everything_the_worker_held(
     lines = [f"shell:1:0:0:sleep 120 && echo long {i}" for i in range(8)]
     job = _two_running(slurm, job_env, queue, tmp_path, lines)
     # plain scancel: SIGTERM to the worker and, Slurm signalling every process of the job, its tasks
-    slurm.client("scancel", job)
-    (record,) = slurm.wait_ended(job, timeout_s=60)
-    log = outputs(tmp_path)
+    record, log = scancel(slurm, job, tmp_path)
     assert record["JobState"] == "CANCELLED", log
     assert_clean_exit(log)
     counts = queue.counts()
@@ -217,9 +225,7 @@ def test_scancel_batch_signal_drains_running_tasks(
     lines = [f"shell:1:0:0:sleep 4; echo drained {i}" for i in range(6)]
     job = _two_running(slurm, job_env, queue, tmp_path, lines)
     # the graceful stop: SIGTERM to the batch shell (the worker) only, as the walltime signal does
-    slurm.client("scancel", "--batch", "--signal=TERM", job)
-    (record,) = slurm.wait_ended(job, timeout_s=60)
-    log = outputs(tmp_path)
+    record, log = scancel(slurm, job, tmp_path, "--batch", "--signal=TERM")
     assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), log
     assert_clean_exit(log)
     counts = queue.counts()
@@ -248,9 +254,7 @@ def test_a_job_of_several_tasks_runs_a_worker_each_and_drains_on_the_walltime_si
         return all(workers.get(n, {}).get("running", 0) >= 1 for n in names)
 
     wait_until(both_running, timeout=60, interval=0.2, what=f"{names} each running a task")
-    slurm.client("scancel", "--batch", "--signal=TERM", job)  # what --signal=B:TERM@LEAD sends
-    (record,) = slurm.wait_ended(job, timeout_s=60)
-    log = outputs(tmp_path)
+    record, log = scancel(slurm, job, tmp_path, "--batch", "--signal=TERM")  # what --signal=B:TERM@LEAD sends
     assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), log
     for name in names:  # one task per allocated CPU each
         assert re.search(rf"worker {name} started: .*concurrency=1 ", log), log
@@ -258,6 +262,5 @@ def test_a_job_of_several_tasks_runs_a_worker_each_and_drains_on_the_walltime_si
     counts = queue.counts()
     # each worker's running task finished within the grace period; the rest went back unstarted
     assert (counts["finished"], counts["todo"], counts["in_progress"], counts["failed"]) == (2, 4, 0, 0), (counts, log)
-    ran_by = {DoneRecord.parse(v).header.get("worker") for v in queue.r.hvals(queue.keys.finished_tasks)}
-    assert ran_by == names, ran_by
+    assert ran_by(queue) == names, ran_by(queue)
     assert audit(queue, submitted=lines).ok

@@ -141,8 +141,8 @@ def slurm_name(env: Mapping[str, str]) -> str | None:
         name = f"slurm-{job}"
     else:
         return None
-    several = env.get("SLURM_NTASKS", "1").isdigit() and int(env.get("SLURM_NTASKS", "1")) > 1
-    return f"{name}-{env['SLURM_PROCID']}" if several and env.get("SLURM_PROCID", "").isdigit() else name
+    ntasks, rank = env.get("SLURM_NTASKS", "1"), env.get("SLURM_PROCID", "")
+    return f"{name}-{rank}" if ntasks.isdigit() and int(ntasks) > 1 and rank.isdigit() else name
 
 
 def slurm_cpus(env: Mapping[str, str]) -> int | None:
