@@ -109,7 +109,7 @@ class Chores:
         return self.s.heartbeat_interval_s
 
     def status(self) -> dict[str, Any]:
-        mem = machine.memory()
+        mem = self.memory  # read by the memory chore at most 0.25 s ago
         s = self.s
         return {
             "time": time.time(),
@@ -213,7 +213,9 @@ class Chores:
 
     # --- memory --------------------------------------------------------------------------------
     def _watch_memory(self) -> float:
-        self.memory.available_gb = available = machine.memory().available_gb
+        figures = machine.memory()
+        self.memory.total_gb, self.memory.available_gb = figures.total_gb, figures.available_gb
+        available = figures.available_gb
         floor = self.s.min_free_dram_gb
         if not floor or available >= floor:
             return TICK_S

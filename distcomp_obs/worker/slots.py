@@ -42,10 +42,12 @@ STOP_SIGNAL_RACE_S = 1.0
 
 
 class Memory:
-    """Free memory as last read (by the heartbeat thread, every 0.25 s: not per task)."""
+    """Memory as last read (`machine.memory`, by the chores thread every 0.25 s: not per task or
+    per heartbeat)."""
 
-    def __init__(self, available_gb: float) -> None:
-        self.available_gb = available_gb  # one writer: the heartbeat thread
+    def __init__(self, available_gb: float, total_gb: float = 0.0) -> None:
+        self.available_gb = available_gb  # one writer: the chores thread
+        self.total_gb = total_gb
 
 
 class SlotPool:
