@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distcomp_obs.queue import Queue
-from distcomp_obs.records import DoneRecord, Holding, parse_meta, todo_member
+from distcomp_obs.records import DoneRecord, Holding, parse_meta, todo_line, todo_member
 from distcomp_obs.task import parse_line
 
 #: a claim this long before a worker's heartbeat must be in that heartbeat's count of held tasks
@@ -63,7 +63,7 @@ def _check_todo(
     """todo_tasks holds each waiting task once, under its resource class and its submit order, and
     every class with a waiting task is listed in todo_classes (which may also list emptied ones).
     Returns the waiting tasks."""
-    task_of = {m: m.split("|", 2)[2] for m in members}
+    task_of = {m: todo_line(m) for m in members}
     copies = Counter(task_of.values())
     twice = [t for t, n in copies.items() if n > 1]
     problem(bool(twice), "waiting twice in todo_tasks", twice)

@@ -64,6 +64,11 @@ def todo_member(line: str, priority: int, seq: int) -> str:
     return f"{resource_class(line)}|{claim_key(priority, seq)}|{line}"
 
 
+def todo_line(member: str) -> str:
+    """The task line of a todo_tasks member (`todo_member`'s inverse)."""
+    return member.split("|", 2)[2]
+
+
 @dataclass(slots=True)
 class Claimed:
     """A task a claim handed to this worker, with what was stored when it was submitted."""

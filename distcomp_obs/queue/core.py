@@ -33,6 +33,7 @@ from distcomp_obs.records import (
     ReportCode,
     Snapshot,
     parse_meta,
+    todo_line,
 )
 from distcomp_obs.redis_io import Client, RedisRefused, RoundTrips, outage_cause, server_run_id, server_time
 
@@ -315,7 +316,7 @@ class Queue:
         """task -> detail for one state (todo: "", in_progress: worker, finished: stdout, failed: reason)."""
         k = self.keys
         if state == "todo":
-            return {_text(m).split("|", 2)[2]: "" for m, _ in self.r.zscan_iter(k.todo_tasks, count=1000)}
+            return {todo_line(_text(m)): "" for m, _ in self.r.zscan_iter(k.todo_tasks, count=1000)}
         if state == "in_progress":
             return {task: held.worker for task, held in self.holdings().items()}
         return {task: record.body for task, record in self.records(state).items()}
@@ -327,7 +328,7 @@ class Queue:
         k = self.keys
         if state == "todo":
             cursor, members = self.r.zscan(k.todo_tasks, cursor, match=match, count=count)
-            return cursor, [(_text(m).split("|", 2)[2], "") for m, _ in cast(list[tuple[str, float]], members)]
+            return cursor, [(todo_line(_text(m)), "") for m, _ in cast(list[tuple[str, float]], members)]
         cursor, fields = self.r.hscan(k.state_hash(state), cursor, match=match, count=count)
         return cursor, [(_text(t), _text(v)) for t, v in cast(dict[str, str], fields).items()]
 

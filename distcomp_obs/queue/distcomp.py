@@ -25,6 +25,7 @@ from distcomp_obs.records import (
     meta_job,
     parse_meta,
     resource_class,
+    todo_line,
     todo_member,
 )
 from distcomp_obs.redis_io import server_time
@@ -53,7 +54,7 @@ class OneCommandProtocol:
             return ClaimResult(False, 0)
         members: list[str] = self._one("claim", r.zrange, k.todo_tasks, 0, limits.window - 1)
         for member in members:
-            task = member.split("|", 2)[2]
+            task = todo_line(member)
             t = parse_line(task)
             if t.min_dram_gb > limits.free_dram_gb or t.min_cpu > limits.cpus:
                 continue
