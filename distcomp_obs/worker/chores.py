@@ -65,7 +65,7 @@ class Chores:
         self.request_stop = request_stop
         self.give_back: Callable[[list[Held], str], None] = lambda held, reason: None  # the fetcher's
         self.metrics_url = ""
-        self.started_ms = 0  # server time of the first heartbeat: stop requests before it are not ours
+        self.started_ms = 0  # server time just before the first heartbeat: stop requests before it are not ours
         self.epoch: str | None = None
         self.registered: list[str] = []
         self.rng = random.Random()
@@ -143,6 +143,10 @@ class Chores:
         return len(self.buffer) + self.pool.busy() + self.results.pending()
 
     def heartbeat_once(self) -> None:
+        if not self.started_ms:
+            # read before the beat that registers us: a stop request made once we show as
+            # registered is stamped at or after it, however soon it follows
+            self.started_ms = self.q.server_time_ms()
         sent_at = time.monotonic()
         beat = self.q.heartbeat(self.name, self.incarnation, int(self.s.lease_s * 1000), self.status())
         self.registered = beat.workers
@@ -172,10 +176,8 @@ class Chores:
             self.reconcile_wanted.set()
             self.wake.poke()  # an idle fetch loop may be waiting for a wake-up
         self.server_id = run_id
-        if not self.started_ms:
-            self.started_ms = self.q.server_time_ms()
         stop = beat.stop_requested
-        if stop and float(stop) > self.started_ms and not self.stopping.is_set():
+        if stop and float(stop) >= self.started_ms and not self.stopping.is_set():
             log.info("worker %s: stop requested by `distcomp stop-workers`: draining", self.name)
             self.request_stop()
 
