@@ -1,11 +1,14 @@
 """The console in a real browser: Debian's headless chromium, driven by selenium through Debian's
 chromium-driver (nothing downloads a browser), against a live Redis with a real worker. Finds a
 failed task by its error text, logs in, retries it, watches the page change state by itself, and
-saves a screenshot of each page to docs/console-*.png."""
+screenshots each page: into the test's temporary folder, or into docs/console-*.png (the
+pictures docs/CONSOLE.md shows) with DISTCOMP_UPDATE_SCREENSHOTS=1, so a test run leaves the
+working tree as it found it."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
 import urllib.parse
@@ -52,8 +55,19 @@ def console(redis_url: str, prefix: str, tmp_path: Path, queue: Queue) -> Iterat
     stop(c)
 
 
-def shot(driver: Any, name: str) -> None:
-    driver.save_screenshot(str(DOCS / f"console-{name}.png"))
+Shot = Callable[[Any, str], None]
+
+
+@pytest.fixture
+def shot(tmp_path: Path) -> Shot:
+    folder = DOCS if os.environ.get("DISTCOMP_UPDATE_SCREENSHOTS") == "1" else tmp_path
+
+    def save(driver: Any, name: str) -> None:
+        path = folder / f"console-{name}.png"
+        assert driver.save_screenshot(str(path)), name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+    return save
 
 
 def samples(driver: Any) -> int:
@@ -82,7 +96,7 @@ def running_with(marker: str) -> list[int]:
     return pids
 
 
-def test_find_retry_cancel_and_watch_tasks(browser: Any, console: Console, queue: Queue,
+def test_find_retry_cancel_and_watch_tasks(browser: Any, console: Console, queue: Queue, shot: Shot,
                                            start_worker: Callable[..., Any], tmp_path: Path) -> None:  # fmt: skip
     from selenium.common.exceptions import NoAlertPresentException
 
