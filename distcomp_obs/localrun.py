@@ -46,7 +46,6 @@ from distcomp_obs.task import Task, TaskFile, load_task_file
 
 #: a local worker's /metrics address unless --metrics-addr is given: a free port each
 WORKER_METRICS_ADDR = "127.0.0.1:0"
-GB = 1024**3
 #: how long stopped workers get beyond their grace period before they are killed
 STOP_MARGIN_S = 30.0
 

@@ -15,6 +15,7 @@ import pytest
 
 from distcomp_obs.config import Settings
 from distcomp_obs.keys import FIRST_EXTRA_KEY, SCRIPT_KEYS, Keys
+from distcomp_obs.machine import MemoryFigures
 from distcomp_obs.metrics import WorkerMetrics
 from distcomp_obs.queue import scripts
 from distcomp_obs.records import Claimed, ReportCode, claim_key
@@ -169,7 +170,7 @@ def test_results_wake_only_for_the_first_of_a_batch() -> None:
 def test_slot_pool_runs_tasks_and_returns_killed_ones() -> None:
     settings = Settings(name="unit", concurrency=2, prefetch=4, min_free_dram_gb=0.0)
     buf, results, wake, stopping = PrefetchBuffer(), Results(), WakeSignal(), threading.Event()
-    pool = SlotPool(settings, buf, results, wake, WorkerMetrics(None), Memory(64.0), 8, stopping)
+    pool = SlotPool(settings, buf, results, wake, WorkerMetrics(None), Memory(MemoryFigures(64.0, 64.0)), 8, stopping)
     returned: list[tuple[str, str]] = []
     pool.start(None, lambda hs, reason: returned.extend((h.line, reason) for h in hs), None)
     buf.put_many(

@@ -30,7 +30,6 @@ from distcomp_obs.worker.buffer import Held
 from distcomp_obs.worker.parts import REDIS_DOWN, Parts, Tally
 
 log = logging.getLogger(__name__)
-GB = 1024**3
 TICK_S = 0.25
 
 
@@ -109,7 +108,7 @@ class Chores:
         return self.s.heartbeat_interval_s
 
     def status(self) -> dict[str, Any]:
-        mem = self.memory  # read by the memory chore at most 0.25 s ago
+        mem = self.memory.figures  # read by the memory chore at most 0.25 s ago
         s = self.s
         return {
             "time": time.time(),
@@ -215,8 +214,7 @@ class Chores:
 
     # --- memory --------------------------------------------------------------------------------
     def _watch_memory(self) -> float:
-        figures = machine.memory()
-        self.memory.total_gb, self.memory.available_gb = figures.total_gb, figures.available_gb
+        self.memory.figures = figures = machine.memory()
         available = figures.available_gb
         floor = self.s.min_free_dram_gb
         if not floor or available >= floor:

@@ -64,8 +64,7 @@ class Worker:
         self.redis = RedisHealth(self.name)
         self.lease = Lease(self.name, settings.lease_s)
         self.liveness = Liveness()
-        memory = machine.memory()
-        self.memory = Memory(memory.available_gb, memory.total_gb)
+        self.memory = Memory(machine.memory())
         self.pool = SlotPool(settings, self.buffer, self.results, self.wake, self.m, self.memory,
                              machine.cores(), self.stopping, self.lease)  # fmt: skip
         self.metrics_server: MetricsServer | None = None

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from distcomp_obs import tracing
 from distcomp_obs.config import Settings
+from distcomp_obs.machine import MemoryFigures
 from distcomp_obs.metrics import WorkerMetrics
 from distcomp_obs.task import Task
 from distcomp_obs.worker import policy
@@ -45,9 +46,12 @@ class Memory:
     """Memory as last read (`machine.memory`, by the chores thread every 0.25 s: not per task or
     per heartbeat)."""
 
-    def __init__(self, available_gb: float, total_gb: float = 0.0) -> None:
-        self.available_gb = available_gb  # one writer: the chores thread
-        self.total_gb = total_gb
+    def __init__(self, figures: MemoryFigures) -> None:
+        self.figures = figures  # one writer, the chores thread, replaces it whole: one reading at a time
+
+    @property
+    def available_gb(self) -> float:
+        return self.figures.available_gb
 
 
 class SlotPool:
