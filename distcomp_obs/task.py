@@ -92,6 +92,14 @@ def parse_line(line: str) -> Task:
     return Task(task_type, priority, min_dram, min_cpu, params)
 
 
+def priority_of(line: str) -> int | None:
+    """A stored line's priority for display, None if the line does not parse (shown as stored)."""
+    try:
+        return parse_line(line).priority
+    except TaskLineError:
+        return None
+
+
 def _check_builtin(params: str) -> None:
     words = params.split()
     if words[0] not in BUILTINS:

@@ -145,6 +145,7 @@ def test_every_page_and_endpoint_answers(
     assert row["id"] == queue.meta(line)[0]  # type: ignore[index]
     task = console.json(f"/api/tasks/{row['id']}")
     assert task["state"] == "failed" and task["worker"] == "w1" and "zorglub-a exploded" in task["reason"]
+    assert task["priority"] == 1  # FAILING's
     assert task["attempts"] and task["attempts"][-1]["exit"] == 3
     status, body, _ = console.get(task_url(queue, line))
     assert "zorglub-a exploded" in body and 'id="task-state" class="state-failed"' in body
@@ -194,7 +195,7 @@ def test_task_text_is_escaped(console: Console, queue: Queue, start_worker: Call
 
 
 def test_pages_follow_scan_cursors(console: Console, queue: Queue) -> None:
-    lines = [f"shell:1:0:0:echo page {i:04d}" for i in range(260)]
+    lines = [f"shell:{i % 3}:0:0:echo page {i:04d}" for i in range(260)]
     queue.submit(lines)
     seen: list[str] = []
     cursor: str | None = "0"
@@ -202,6 +203,7 @@ def test_pages_follow_scan_cursors(console: Console, queue: Queue) -> None:
     while cursor is not None:
         page = console.json(f"/api/tasks?state=todo&cursor={cursor}")
         seen += [t["line"] for t in page["tasks"]]
+        assert all(t["detail"] == f"priority {int(t['line'][-4:]) % 3}" for t in page["tasks"])
         assert all(t["id"] is not None for t in page["tasks"])
         cursor, pages = page["cursor"], pages + 1
         assert pages < 50

@@ -15,6 +15,7 @@ from typing import Any
 from distcomp_obs.queue import Queue, views
 from distcomp_obs.records import DoneRecord, Holding, meta_job, parse_meta, unrunnable
 from distcomp_obs.runprogress import format_duration
+from distcomp_obs.task import priority_of
 
 PAGE = 50
 STATES = ("todo", "in_progress", "finished", "failed", "cancelled")
@@ -103,7 +104,7 @@ def page_tasks(q: Queue, state: str, text: str = "", cursor: str = "0", limit: i
     while True:
         pos, batch = q.scan_state(state, pos, match, count)
         if state == "todo":
-            batch = [(line, f"priority {_priority(line)}") for line, _ in batch if needle in line.lower()]
+            batch = [(line, f"priority {priority_of(line)}") for line, _ in batch if needle in line.lower()]
         else:
             if value_search:
                 batch = [(k, v) for k, v in batch if needle in k.lower() or needle in v.lower()]
@@ -116,13 +117,6 @@ def page_tasks(q: Queue, state: str, text: str = "", cursor: str = "0", limit: i
             break
     found.sort(key=lambda row: row[0])
     return Page([Row(i, line, state, detail) for line, detail, i in found], None if pos == 0 else str(pos), scanned)
-
-
-def _priority(line: str) -> int | None:
-    try:
-        return int(line.split(":", 2)[1])
-    except (IndexError, ValueError):
-        return None
 
 
 def overview(q: Queue) -> dict[str, Any]:

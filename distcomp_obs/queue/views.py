@@ -18,10 +18,9 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-from distcomp_obs.errors import TaskLineError
 from distcomp_obs.queue.core import Queue
 from distcomp_obs.records import NO_JOB, DoneRecord, Holding, TaskView, attempt, meta_job, parse_meta, todo_member
-from distcomp_obs.task import parse_line
+from distcomp_obs.task import priority_of
 
 
 def resolve(q: Queue, ref: str) -> str | None:
@@ -63,10 +62,7 @@ def task_view(q: Queue, ref: str) -> TaskView | None:
     if meta is None:  # forgotten meanwhile
         return None
     seq, submitted_us, _ = parse_meta(meta)
-    try:
-        priority: int | None = parse_line(line).priority
-    except TaskLineError:
-        priority = None
+    priority = priority_of(line)
     view = TaskView(seq, line, "todo", priority, submitted_us / 1e6 if submitted_us else None,
                     attempts=_attempts(log or ""), reason=last_reason or "")  # fmt: skip
     if holding is not None:
